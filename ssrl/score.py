@@ -1,0 +1,158 @@
+"""Trial scoring: embeddings file IO, cosine scores, AS-norm, score files.
+
+Scores are computed for all trials at once with index arrays (no per-trial Python), in chunks
+so that memory stays bounded on VoxCeleb1-E/H sized lists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from ssrl.io import InputError, save_npz, write_text
+
+_CHUNK = 32768  # trials (or utterances) per vectorised block
+
+
+def save_embeddings(path: str | os.PathLike, utt_ids: Sequence[str], emb: np.ndarray) -> None:
+    """Write `embeddings.npz` (utt_ids as str, emb as float32 [N, D]) atomically."""
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
+        raise ValueError(f"{len(utt_ids)} utterance ids but embeddings of shape {emb.shape}")
+    save_npz(path, utt_ids=np.asarray(list(utt_ids), dtype=str), emb=emb)
+
+
+def load_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Read an embeddings file written by `save_embeddings`; InputError names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in ("utt_ids", "emb") if key not in data.files]
+            if missing:
+                raise InputError(f"{path}: not an embeddings file (missing {', '.join(missing)})")
+            utt_ids = data["utt_ids"].astype(str).tolist()
+            emb = data["emb"].astype(np.float32, copy=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read embeddings ({err})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
+        raise InputError(f"{path}: {len(utt_ids)} utterance ids but emb of shape {emb.shape}")
+    return utt_ids, emb
+
+
+def _normalise(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if mean is not None:
+        x = x - np.asarray(mean, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def _trial_index(utt_ids: Sequence[str], enroll: Sequence[str], test: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map trial utterances to rows: (used rows, enrol position in used, test position in used).
+
+    Only the embeddings that occur in some trial are normalised later (`used`).
+    """
+    if len(enroll) != len(test):
+        raise ValueError(f"{len(enroll)} enrolment but {len(test)} test utterances")
+    row = {u: i for i, u in enumerate(utt_ids)}
+    try:
+        e_rows = np.fromiter((row[u] for u in enroll), dtype=np.int64, count=len(enroll))
+        t_rows = np.fromiter((row[u] for u in test), dtype=np.int64, count=len(test))
+    except KeyError as err:
+        raise InputError(f"trial utterance {err.args[0]!r} has no embedding") from None
+    used, inverse = np.unique(np.r_[e_rows, t_rows], return_inverse=True)
+    return used, inverse[: len(enroll)], inverse[len(enroll):]
+
+
+def _paired_dots(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """out[i] = a[ia[i]] . b[ib[i]], in chunks of _CHUNK pairs."""
+    out = np.empty(len(ia), dtype=np.float32)
+    for s in range(0, len(ia), _CHUNK):
+        sl = slice(s, s + _CHUNK)
+        out[sl] = np.einsum("ij,ij->i", a[ia[sl]], b[ib[sl]])
+    return out
+
+
+def cosine_scores(utt_ids: Sequence[str], emb: np.ndarray, enroll: Sequence[str],
+                  test: Sequence[str], mean: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of each (enroll[i], test[i]) pair, float32 [n_trials].
+
+    `mean` (e.g. the training-set mean embedding) is subtracted before L2 normalisation.
+    InputError names a trial utterance that has no embedding.
+    """
+    used, ie, it = _trial_index(utt_ids, enroll, test)
+    x = _normalise(np.asarray(emb)[used], mean)
+    return _paired_dots(x, ie, x, it)
+
+
+def cohort_from_clusters(emb: np.ndarray, labels: np.ndarray,
+                         mean: np.ndarray | None = None) -> np.ndarray:
+    """AS-norm cohort from pseudo-labelled training embeddings: one vector per cluster.
+
+    Each embedding is (mean-subtracted and) L2-normalised, averaged per cluster, and the
+    average L2-normalised again; clusters without members are skipped. Pass the same `mean`
+    here as to `as_norm_scores` so that cohort and trials live in the same space.
+    Returns float32 [n_nonempty_clusters, D], rows in increasing label order.
+    """
+    x = _normalise(emb, mean)
+    labels = np.asarray(labels).ravel()
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} embeddings but {labels.shape[0]} labels")
+    _, code = np.unique(labels, return_inverse=True)
+    ones = np.ones(len(code), dtype=np.float32)
+    membership = sparse.csr_matrix((ones, (code, np.arange(len(code)))))  # [clusters, N]
+    return _normalise(membership @ x, None)
+
+
+def _cohort_stats(x: np.ndarray, cohort: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof 0) of each row's top_n highest cosine scores against the cohort."""
+    mu = np.empty(len(x), dtype=np.float32)
+    sd = np.empty(len(x), dtype=np.float32)
+    for s in range(0, len(x), _CHUNK // 8):
+        sims = x[s: s + _CHUNK // 8] @ cohort.T
+        top = np.partition(sims, sims.shape[1] - top_n, axis=1)[:, -top_n:]
+        mu[s: s + len(top)] = top.mean(axis=1)
+        sd[s: s + len(top)] = top.std(axis=1)
+    return mu, np.maximum(sd, 1e-6)
+
+
+def as_norm_scores(utt_ids: Sequence[str], emb: np.ndarray, enroll: Sequence[str],
+                   test: Sequence[str], cohort: np.ndarray, top_n: int,
+                   mean: np.ndarray | None = None) -> np.ndarray:
+    """Adaptive symmetric score normalisation (AS-norm) of the cosine trial scores.
+
+    For every enrolment and test embedding, the `top_n` highest cosine scores against the
+    cohort give a mean mu and standard deviation sigma (population std, floored at 1e-6);
+    each raw score s becomes ((s - mu_e) / sigma_e + (s - mu_t) / sigma_t) / 2.
+    `top_n` larger than the cohort uses the whole cohort. Cohort rows are L2-normalised here;
+    `mean` applies to the trial embeddings only (build the cohort with the same mean).
+    """
+    if top_n < 1:
+        raise ValueError(f"top_n must be positive, got {top_n}")
+    cohort = _normalise(cohort, None)
+    if cohort.ndim != 2 or len(cohort) == 0:
+        raise ValueError("the AS-norm cohort is empty")
+    used, ie, it = _trial_index(utt_ids, enroll, test)
+    x = _normalise(np.asarray(emb)[used], mean)
+    raw = _paired_dots(x, ie, x, it)
+    mu, sd = _cohort_stats(x, cohort, min(top_n, len(cohort)))
+    return 0.5 * ((raw - mu[ie]) / sd[ie] + (raw - mu[it]) / sd[it])
+
+
+def write_scores(path: str | os.PathLike, enroll: Sequence[str], test: Sequence[str],
+                 labels: np.ndarray, scores: np.ndarray) -> None:
+    """Write `enroll test target|nontarget score` lines atomically (labels: 1/True = target)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(enroll) == len(test) == len(labels) == len(scores):
+        raise ValueError("enroll, test, labels and scores differ in length")
+    names = np.where(labels, "target", "nontarget")
+    write_text(path, "".join(f"{e} {t} {lab} {s:.6f}\n"
+                             for e, t, lab, s in zip(enroll, test, names, scores.tolist())))

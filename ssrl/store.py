@@ -1,0 +1,343 @@
+"""Wave and feature stores: every utterance of a set decoded once into memory-mappable shards.
+
+Training reads random crops from hundreds of thousands of utterances per epoch; decoding audio
+files (or m4a through ffmpeg) each time would starve the GPU. The wave store holds int16 16 kHz
+samples back to back in a few large shard files, so a crop is a slice of a memory map. The
+feature store does the same for fixed log-mel features of evaluation sets. Formats are in
+docs/architecture.md; both stores are built in a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ssrl.io import InputError, atomic_dir, read_json, save_npz, write_json, write_table
+from ssrl.kaldi import AudioError, KaldiDir, load_audio, read_trials, write_trials_rows
+
+SAMPLE_RATE = 16000
+INT16_SCALE = 32768.0
+
+
+def _to_int16(wave: np.ndarray) -> np.ndarray:
+    """Quantise float samples in [-1, 1] to int16 (x * 32768, rounded and clipped)."""
+    return np.clip(np.rint(wave * INT16_SCALE), -32768, 32767).astype("<i2")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_index(file: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Load an index .npz fully, turning every way it can be broken into an InputError."""
+    if not file.is_file():
+        raise InputError(f"{file}: file not found (not a store, or an unfinished one)")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            index = {key: npz[key] for key in keys}
+    except KeyError as err:
+        raise InputError(f"{file}: corrupt index (missing array {err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{file}: corrupt index ({err})") from None
+    n = len(index[keys[0]])
+    if any(len(a) != n for a in index.values()):
+        raise InputError(f"{file}: corrupt index (arrays of different lengths)")
+    return index
+
+
+def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
+    return tqdm(items, total=total, desc=desc, unit="utt", disable=not enabled, leave=False)
+
+
+def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "error",
+                     min_seconds: float = 0.5, shard_bytes: int = 256 * 2**20,
+                     progress: bool = True) -> dict:
+    """Decode every utterance of `data` into a wave store at `out`; return the build report.
+
+    A bad utterance (unreadable, empty, silent, non-finite or shorter than `min_seconds`) raises
+    an InputError naming its wav.scp line and audio file when `on_bad="error"`; with "skip" it is
+    left out and listed in report["skipped"], and trials naming it are dropped (and counted).
+    Trial lists are copied into the store (`trials/<name>`) so it is self-contained.
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
+    out = Path(os.path.abspath(out))
+    min_samples = int(round(min_seconds * SAMPLE_RATE))
+
+    utt_ids: list[str] = []
+    shard_of: list[int] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    skipped: list[dict[str, str]] = []
+    shards: list[dict[str, Any]] = []
+
+    with atomic_dir(out) as tmp:
+        (tmp / "shards").mkdir()
+        handle = None
+        digest = hashlib.sha256()
+        filled = 0  # samples in the current shard
+
+        def close_shard() -> None:
+            if handle is not None:
+                handle.close()
+                shards[-1].update(sha256=digest.hexdigest(), n_samples=filled)
+
+        try:
+            items = _progress(data.wavs.items(), len(data.wavs), f"store {out.name}",
+                                   progress)
+            for utt, wav in items:
+                try:
+                    wave = load_audio(wav, SAMPLE_RATE)
+                    if len(wave) < min_samples:
+                        raise AudioError(wav, f"too short ({len(wave) / SAMPLE_RATE:.3f} s < "
+                                              f"min_seconds {min_seconds:g} s)")
+                except AudioError as err:
+                    if on_bad == "error":
+                        raise InputError(f"{data.scp}:{data.lines.get(utt, '?')}: {err}") from None
+                    skipped.append({"utt": utt, "path": str(wav), "reason": err.reason})
+                    continue
+                pcm = _to_int16(wave)
+                if handle is None or (filled and (filled + len(pcm)) * 2 > shard_bytes):
+                    close_shard()
+                    name = f"shards/{len(shards):05d}.bin"
+                    shards.append({"file": name})
+                    handle = open(tmp / name, "wb")  # noqa: SIM115 - closed in close_shard
+                    digest = hashlib.sha256()
+                    filled = 0
+                raw = pcm.tobytes()
+                handle.write(raw)
+                digest.update(raw)
+                utt_ids.append(utt)
+                shard_of.append(len(shards) - 1)
+                offsets.append(filled)
+                lengths.append(len(pcm))
+                filled += len(pcm)
+        finally:
+            close_shard()
+
+        if not utt_ids:
+            raise InputError(f"{data.scp}: no usable utterances "
+                             f"(all {len(skipped)} skipped as bad)")
+
+        kept = set(utt_ids)
+        trials_meta: dict[str, str] = {}
+        n_trials: dict[str, int] = {}
+        dropped: dict[str, int] = {}
+        for name, file in data.trials.items():
+            trials = read_trials(file, known=data.wavs)
+            keep = [i for i, (e, t) in enumerate(zip(trials.enroll, trials.test))
+                    if e in kept and t in kept]
+            dropped[name] = len(trials) - len(keep)
+            if not keep:
+                raise InputError(f"{file}: every trial names a skipped utterance")
+            trials.enroll = [trials.enroll[i] for i in keep]
+            trials.test = [trials.test[i] for i in keep]
+            trials.labels = trials.labels[keep]
+            write_table(tmp / "trials" / name, write_trials_rows(trials))
+            trials_meta[name] = str(out / "trials" / name)
+            n_trials[name] = len(keep)
+
+        report = {
+            "source": str(data.path),
+            "n_utts": len(utt_ids),
+            "n_skipped": len(skipped),
+            "skipped": skipped,
+            "total_seconds": round(sum(lengths) / SAMPLE_RATE, 3),
+            "n_trials": n_trials,
+            "trials_dropped": dropped,
+        }
+        meta: dict[str, Any] = {
+            "sample_rate": SAMPLE_RATE,
+            "n_utts": len(utt_ids),
+            "total_samples": int(sum(lengths)),
+            "shards": shards,
+            "trials": trials_meta,
+            "report": report,
+        }
+        for key, source in (("spk", data.utt2spk), ("sess", data.utt2sess),
+                            ("category", data.utt2category)):
+            if source is not None:
+                meta[key] = [source[u] for u in utt_ids]
+        save_npz(tmp / "index.npz", utt_ids=np.array(utt_ids, dtype=str),
+                 shard=np.array(shard_of, dtype=np.int32),
+                 offset=np.array(offsets, dtype=np.int64),
+                 length=np.array(lengths, dtype=np.int64))
+        write_json(tmp / "meta.json", meta)
+    return report
+
+
+class _LazyMaps:
+    """Memory maps opened on first use in each process (a forked DataLoader worker reopens)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._maps: dict[Path, np.memmap] = {}
+
+    def get(self, file: Path, dtype: str, shape: tuple[int, ...] | None = None) -> np.memmap:
+        if self._pid != os.getpid():
+            self._maps, self._pid = {}, os.getpid()
+        if file not in self._maps:
+            self._maps[file] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
+        return self._maps[file]
+
+    def __getstate__(self) -> dict:
+        return {"_pid": -1, "_maps": {}}  # never pickle open maps (spawned workers reopen)
+
+
+class WaveStore:
+    """Read side of a wave store: int16 views, float crops, metadata."""
+
+    def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
+        self.path = Path(path)
+        self.meta: dict = read_json(self.path / "meta.json")
+        index = _load_index(self.path / "index.npz", ("utt_ids", "shard", "offset", "length"))
+        self.utt_ids: list[str] = [str(u) for u in index["utt_ids"]]
+        self._shard = index["shard"].astype(np.int64)
+        self._offset = index["offset"].astype(np.int64)
+        self.lengths: np.ndarray = index["length"].astype(np.int64)
+        self.sample_rate: int = int(self.meta["sample_rate"])
+        self.spk: list[str] | None = self.meta.get("spk")
+        self.sess: list[str] | None = self.meta.get("sess")
+        self.categories: list[str] | None = self.meta.get("category")
+        self.trials: dict[str, Path] = {k: Path(v) for k, v in self.meta["trials"].items()}
+        self._files = [self.path / s["file"] for s in self.meta["shards"]]
+        self._positions: dict[str, int] | None = None
+        self._maps = _LazyMaps()
+        for file, shard in zip(self._files, self.meta["shards"]):
+            if not file.is_file():
+                raise InputError(f"{file}: shard file not found")
+            if file.stat().st_size != 2 * shard["n_samples"]:
+                raise InputError(f"{file}: shard has {file.stat().st_size} bytes, expected "
+                                 f"{2 * shard['n_samples']} (truncated or changed)")
+            if verify and _sha256(file) != shard["sha256"]:
+                raise InputError(f"{file}: checksum mismatch (the store is corrupt or was "
+                                 "changed after it was built; rebuild it)")
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def index_of(self, utt_id: str) -> int:
+        if self._positions is None:
+            self._positions = {u: i for i, u in enumerate(self.utt_ids)}
+        try:
+            return self._positions[utt_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
+
+    def wave(self, i: int) -> np.ndarray:
+        """The stored int16 samples of utterance `i` (a read-only memory-map view, no copy)."""
+        shard = self._maps.get(self._files[self._shard[i]], "<i2")
+        start = self._offset[i]
+        return shard[start:start + self.lengths[i]]
+
+    def full(self, i: int) -> np.ndarray:
+        """The whole utterance `i` as float32 in [-1, 1)."""
+        return self.wave(i).astype(np.float32) / INT16_SCALE
+
+    def crop(self, i: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """A float32 crop of `n_samples` at a uniformly random offset.
+
+        An utterance shorter than `n_samples` is repeated end to end from its start (tiled)
+        up to the length; the generator is not used then.
+        """
+        wave = self.wave(i)
+        length = len(wave)
+        if length >= n_samples:
+            start = int(rng.integers(0, length - n_samples + 1))
+            piece = wave[start:start + n_samples]
+        else:
+            piece = np.tile(wave, -(-n_samples // length))[:n_samples]
+        return piece.astype(np.float32) / INT16_SCALE
+
+
+def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.Tensor],
+                     out: str | os.PathLike, frontend_meta: dict,
+                     progress: bool = True) -> dict:
+    """Compute features of every full utterance of `store` into a feature store at `out`.
+
+    `frontend` maps a float32 [1, samples] tensor to [1, n_mels, frames]; frames are stored as
+    float16 rows [frames, n_mels] back to back in feats.bin. `frontend_meta` (a description of
+    the front end and its settings) goes into meta.json so a mismatch can be detected on use.
+    Returns meta.json's content.
+    """
+    out = Path(os.path.abspath(out))
+    offsets: list[int] = []
+    n_frames: list[int] = []
+    n_mels: int | None = None
+    total = 0
+    with atomic_dir(out) as tmp:
+        with open(tmp / "feats.bin", "wb") as f:
+            for i in _progress(range(len(store)), len(store), f"feats {out.name}", progress):
+                with torch.no_grad():
+                    feats = frontend(torch.from_numpy(store.full(i))[None])
+                if feats.dim() != 3 or feats.shape[0] != 1:
+                    raise ValueError(f"frontend must return [1, n_mels, frames], got "
+                                     f"{list(feats.shape)}")
+                if n_mels is None:
+                    n_mels = int(feats.shape[1])
+                elif feats.shape[1] != n_mels:
+                    raise ValueError(f"frontend returned {feats.shape[1]} bins, "
+                                     f"earlier {n_mels}")
+                rows = feats[0].T.detach().cpu().numpy().astype("<f2")
+                f.write(np.ascontiguousarray(rows).tobytes())
+                offsets.append(total)
+                n_frames.append(rows.shape[0])
+                total += rows.shape[0]
+        meta = {"n_mels": n_mels, "n_utts": len(store), "total_frames": total,
+                "frontend": frontend_meta, "source": str(store.path)}
+        save_npz(tmp / "index.npz", utt_ids=np.array(store.utt_ids, dtype=str),
+                 offset=np.array(offsets, dtype=np.int64),
+                 n_frames=np.array(n_frames, dtype=np.int64))
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+class FeatStore:
+    """Read side of a feature store: float32 [n_mels, frames] per utterance."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.meta: dict = read_json(self.path / "meta.json")
+        index = _load_index(self.path / "index.npz", ("utt_ids", "offset", "n_frames"))
+        self.utt_ids: list[str] = [str(u) for u in index["utt_ids"]]
+        self._offset = index["offset"].astype(np.int64)
+        self.n_frames: np.ndarray = index["n_frames"].astype(np.int64)
+        self.n_mels: int = int(self.meta["n_mels"])
+        self._file = self.path / "feats.bin"
+        expected = 2 * self.n_mels * int(self.n_frames.sum())
+        if not self._file.is_file():
+            raise InputError(f"{self._file}: file not found")
+        if self._file.stat().st_size != expected:
+            raise InputError(f"{self._file}: has {self._file.stat().st_size} bytes, expected "
+                             f"{expected} (truncated or changed)")
+        self._maps = _LazyMaps()
+        self._positions: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def index_of(self, utt_id: str) -> int:
+        if self._positions is None:
+            self._positions = {u: i for i, u in enumerate(self.utt_ids)}
+        try:
+            return self._positions[utt_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
+
+    def feats(self, i: int) -> np.ndarray:
+        """Features of utterance `i` as float32 [n_mels, frames] (a copy)."""
+        rows = self._maps.get(self._file, "<f2", (int(self.n_frames.sum()), self.n_mels))
+        start = self._offset[i]
+        return rows[start:start + self.n_frames[i]].T.astype(np.float32)
