@@ -87,7 +87,7 @@ class _Steps(Dataset):
                     if view.augment:
                         item_plans.append(b.augmenter.plan(1, view.n_samples, rng))
                 wave = torch.from_numpy(np.stack(waves))
-                plan = AugPlan.concat(item_plans) if view.augment else None
+                plan = AugPlan.cat(item_plans) if view.augment else None
                 if plan is not None and not b.augment_on_device:
                     wave, plan = b.augmenter.apply(wave, plan), None
                 crops.append(wave)

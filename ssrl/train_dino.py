@@ -12,19 +12,33 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frontend import Frontend
 from .heads import DINOHead
+from .io import write_json
 from .loader import CropBatches, View, augmenter_from_config, open_store
 from .models import build_encoder
 from .tracking import Tracker
-from .trainer import (Checkpoints, Dist, autocast, batches_per_epoch, cosine_schedule,
-                      ema_update, finite_or_raise, frozen_copy, init_runtime, linear_schedule,
-                      param_groups, positions, save_model_file, set_lr, unwrap)
-from .frontend import Frontend
-from .io import write_json
+from .trainer import (
+    Checkpoints,
+    Dist,
+    autocast,
+    batches_per_epoch,
+    cosine_schedule,
+    ema_update,
+    finite_or_raise,
+    frozen_copy,
+    init_runtime,
+    linear_schedule,
+    param_groups,
+    save_model_file,
+    set_lr,
+    unwrap,
+)
 
 log = logging.getLogger("ssrl.dino")
 
@@ -104,64 +118,59 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
 
     views = [View("global", c["global_crops"], c["global_seconds"], augment=True),
              View("local", c["local_crops"], c["local_seconds"], augment=True)]
+    batches = CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter, device,
+                          cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"])
     n_global = c["global_crops"]
-    last_layer = set(map(id, unwrap(student).head.last_layer_parameters()))
+    last_layer = {id(p) for p in unwrap(student).head.last_layer_parameters()}
     every = cfg["runtime"]["checkpoint_every_steps"]
-    losses: list[float] = []
-    t_epoch = time.time()
 
     def checkpoint(epoch: int, step: int) -> None:
         ckpt.save({"student": unwrap(student).state_dict(), "teacher": teacher.state_dict(),
                    "optimizer": optimizer.state_dict(), "center": center.cpu(),
                    "epoch": epoch, "step": step, "history": history})
 
-    for epoch, step in positions(epoch0, step0, c["epochs"], steps):
-        batches = CropBatches.for_epoch(store, views, c["batch_size"], cfg["seed"], epoch, d,
-                                        augmenter, device, cfg["augment"]["on_gpu"])
-        it = epoch * steps + step
-        set_lr(optimizer, float(lr_at[it]))
-        crops = batches.get(step)  # {"global": [n_global x [b, T]], "local": [...]}
-        with autocast(device, cfg["runtime"]["bf16"]):
-            g = torch.cat(crops["global"])
-            feats_g = frontend(g)
-            with torch.no_grad():
-                teacher_out = teacher(feats_g).chunk(n_global)
-            student_out = list(student(feats_g).chunk(n_global))
-            if crops["local"]:
-                loc = torch.cat(crops["local"])
-                student_out += list(student(frontend(loc)).chunk(len(crops["local"])))
-            loss = dino_loss(student_out, list(teacher_out), center, c["student_temp"],
-                             c["teacher_temp"])
-        finite_or_raise(loss, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c["clip_grad"] > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), c["clip_grad"])
-        if epoch < c["freeze_last_layer_epochs"]:
-            for p in unwrap(student).parameters():
-                if id(p) in last_layer:
-                    p.grad = None
-        optimizer.step()
-        ema_update(teacher, unwrap(student), float(momentum_at[it]))
-        center = updated_center(center, list(teacher_out), c["center_momentum"], d)
-        losses.append(loss.item())
+    for epoch in range(epoch0, c["epochs"]):
+        losses, t_epoch = [], time.time()
+        for step, crops in batches.epoch(epoch, step0 if epoch == epoch0 else 0):
+            it = epoch * steps + step
+            set_lr(optimizer, float(lr_at[it]))
+            with autocast(device, cfg["runtime"]["bf16"]):
+                feats_global = frontend(torch.cat(crops["global"]))
+                with torch.no_grad():
+                    teacher_out = list(teacher(feats_global).chunk(n_global))
+                student_out = list(student(feats_global).chunk(n_global))
+                if crops["local"]:
+                    feats_local = frontend(torch.cat(crops["local"]))
+                    student_out += list(student(feats_local).chunk(len(crops["local"])))
+                loss = dino_loss(student_out, teacher_out, center, c["student_temp"],
+                                 c["teacher_temp"])
+            finite_or_raise(loss, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c["clip_grad"] > 0:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), c["clip_grad"])
+            if epoch < c["freeze_last_layer_epochs"]:  # prototypes stay put while features form
+                for p in unwrap(student).parameters():
+                    if id(p) in last_layer:
+                        p.grad = None
+            optimizer.step()
+            ema_update(teacher, unwrap(student), float(momentum_at[it]))
+            center = updated_center(center, teacher_out, c["center_momentum"], d)
+            losses.append(loss.item())
+            if tracker is not None and it % 10 == 0:
+                tracker.log_metrics({"loss": loss.item(), "lr": float(lr_at[it]),
+                                     "teacher_momentum": float(momentum_at[it])}, step=it)
+            if every and (it + 1) % every == 0 and step + 1 < steps:
+                checkpoint(epoch, step + 1)
 
-        if tracker is not None and d.main and (it % 10 == 0):
-            tracker.log_metrics({"loss": loss.item(), "lr": float(lr_at[it]),
-                                 "teacher_momentum": float(momentum_at[it])}, step=it)
-        last_of_epoch = step == steps - 1
-        if last_of_epoch:
-            row = {"epoch": epoch, "loss": sum(losses) / len(losses),
-                   "seconds": time.time() - t_epoch}
-            history.append(row)
-            log.info("dino epoch %d/%d loss %.4f (%.1fs)", epoch + 1, c["epochs"], row["loss"],
-                     row["seconds"])
-            if tracker is not None and d.main:
-                tracker.log_metrics({"epoch_loss": row["loss"]}, step=epoch)
-            losses, t_epoch = [], time.time()
-            checkpoint(epoch + 1, 0)
-        elif every and (it + 1) % every == 0:
-            checkpoint(epoch, step + 1)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+               "seconds": time.time() - t_epoch}
+        history.append(row)
+        log.info("dino epoch %d/%d  loss %.4f  (%.1f s)", epoch + 1, c["epochs"], row["loss"],
+                 row["seconds"])
+        if tracker is not None:
+            tracker.log_metrics({"epoch_loss": row["loss"]}, step=epoch)
+        checkpoint(epoch + 1, 0)
 
     if d.main:
         save_model_file(out_dir / "model.pt", teacher.encoder, cfg["model"], cfg["features"],

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(unwrap(model))
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher
+    return teacher.eval()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -194,7 +193,7 @@ class Checkpoints:
 
 
 def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a final model file written by a training stage (weights + the config it was built with)."""
+    """Load a stage's final model file (weights and the config they were built with)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model file not found")
@@ -209,9 +208,9 @@ def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        first = str(err).splitlines()[0:3]
-        raise InputError(f"{source}: checkpoint does not match the configured model "
-                         f"({' '.join(first)}); was it trained with another model config?") from None
+        first = " ".join(str(err).splitlines()[0:3])
+        raise InputError(f"{source}: checkpoint does not match the configured model ({first}); "
+                         "was it trained with another model config?") from None
 
 
 def save_model_file(path: str | os.PathLike, encoder: nn.Module, model_cfg: dict,
@@ -238,13 +237,6 @@ def step_indices(order: np.ndarray, step: int, batch_size: int) -> np.ndarray:
     """Utterances of one step; wraps around so fixed step counts can exceed one pass."""
     start = step * batch_size
     return order[np.arange(start, start + batch_size) % len(order)]
-
-
-def positions(start_epoch: int, start_step: int, epochs: int,
-              steps: int) -> Iterator[tuple[int, int]]:
-    for epoch in range(start_epoch, epochs):
-        for step in range(start_step if epoch == start_epoch else 0, steps):
-            yield epoch, step
 
 
 def finite_or_raise(loss: torch.Tensor, epoch: int, step: int) -> None:

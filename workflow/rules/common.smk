@@ -1,0 +1,79 @@
+# Shared by every rule file: validated config, paths, the ablation grid, config-to-CLI helpers.
+import json
+import os
+
+import pandas as pd
+from snakemake.utils import Paramspace, validate
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+# Make the package importable in every job (also under --use-conda and on cluster nodes).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH", "")])
+)
+
+R = f"{config['results_dir']}/{config['experiment']}"
+LOGS = f"logs/{config['experiment']}"
+SSRL_DEFAULTS = config["ssrl"]
+
+# The ablation grid: the full method plus each declared variant, one row per SSRL run.
+SWITCHES = sorted({key for v in config["ablation"]["variants"] for key in v if key != "name"})
+
+
+def _switch_value(variant, key):
+    if key == "init_k":
+        return variant.get(key, SSRL_DEFAULTS["init_k"] or config["cluster"]["k"])
+    return variant.get(key, SSRL_DEFAULTS[key])
+
+
+VARIANTS = [{"name": "full"}] + list(config["ablation"]["variants"])
+GRID = pd.DataFrame(
+    [{key: _switch_value(v, key) for key in SWITCHES} or {"full": True} for v in VARIANTS]
+)
+GRID.index = [v["name"] for v in VARIANTS]
+paramspace = Paramspace(GRID, filename_params="*")
+VARIANT_DIRS = dict(zip(GRID.index, paramspace.instance_patterns))
+MAIN_SSRL = f"ssrl/{VARIANT_DIRS['full']}"
+ROUNDS = list(range(1, config["iterative"]["rounds"] + 1))
+
+
+def variant_name(pattern):
+    return {v: k for k, v in VARIANT_DIRS.items()}[pattern]
+
+
+def cfg_json(ssrl_overrides=None):
+    """The validated config as one JSON argument (quoted for the shell)."""
+    cfg = json.loads(json.dumps(config))
+    if ssrl_overrides:
+        cfg["ssrl"].update(
+            {k: getattr(v, "item", lambda: v)() for k, v in ssrl_overrides.items() if k != "full"}
+        )
+    return json.dumps(cfg, sort_keys=True)
+
+
+def section_json(name):
+    return json.dumps(config[name], sort_keys=True)
+
+
+def launcher():
+    """`python -m ssrl`, or torchrun with one process per GPU when runtime.gpus_per_job > 1."""
+    n = config["runtime"]["gpus_per_job"]
+    if n > 1:
+        return f"torchrun --standalone --nproc_per_node={n} -m ssrl"
+    return "python -m ssrl"
+
+
+def train_resources():
+    rt = config["runtime"]
+    res = {"mem_mb": rt["mem_mb"], "runtime": rt["runtime_min"], "gpu": rt["gpus_per_job"]}
+    if rt["partition"]:
+        res["slurm_partition"] = rt["partition"]
+    return res
+
+
+def store(name):
+    return f"{R}/store/{name}"
+
+
+AUGMENT_STORES = {"noise": store("noise"), "rir": store("rir")}

@@ -1,0 +1,48 @@
+# Stage 1: DINO pretraining with no labels, then k-means pseudo labels of the training set.
+
+
+rule dino:
+    input:
+        train=store("train"),
+        **AUGMENT_STORES,
+    output:
+        f"{R}/dino/model.pt",
+    params:
+        cfg=lambda w: cfg_json(),
+        out=f"{R}/dino",
+        launch=launcher(),
+    threads: config["runtime"]["threads"]
+    resources:
+        **train_resources(),
+    log:
+        f"{LOGS}/dino.log",
+    shell:
+        "{params.launch} dino --cfg '{params.cfg}' --results {config[results_dir]}"
+        " --train {input.train} --noise {input.noise} --rir {input.rir} --out {params.out}"
+        " 2>&1 | tee {log}"
+
+
+def model_of(source):
+    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
+    return f"{R}/dino/model.pt" if source == "dino" else f"{R}/iterative/{source}/model.pt"
+
+
+rule cluster:
+    input:
+        model=lambda w: model_of(w.source),
+        train=store("train"),
+    output:
+        labels=f"{R}/cluster/{{source}}_k{{k}}/labels.npz",
+        quality=f"{R}/cluster/{{source}}_k{{k}}/quality.json",
+    wildcard_constraints:
+        source=r"dino|round\d+",
+        k=r"\d+",
+    params:
+        cfg=lambda w: cfg_json(),
+        out=lambda w, output: os.path.dirname(output.labels),
+    threads: config["runtime"]["threads"]
+    log:
+        f"{LOGS}/cluster_{{source}}_k{{k}}.log",
+    shell:
+        "python -m ssrl cluster --cfg '{params.cfg}' --model {input.model} --train {input.train}"
+        " --k {wildcards.k} --out {params.out} 2>&1 | tee {log}"
