@@ -1,4 +1,4 @@
-# Shared by every rule file: validated config, paths, the ablation grid, config-to-CLI helpers.
+# Shared helpers of the rule files: validated config, paths, the ablation grid, config-to-CLI.
 import json
 import os
 
@@ -7,11 +7,6 @@ from snakemake.utils import Paramspace, validate
 
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
-
-# Make the package importable in every job (also under --use-conda and on cluster nodes).
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH", "")])
-)
 
 R = f"{config['results_dir']}/{config['experiment']}"
 LOGS = f"logs/{config['experiment']}"
@@ -77,3 +72,43 @@ def store(name):
 
 
 AUGMENT_STORES = {"noise": store("noise"), "rir": store("rir")}
+
+
+def model_of(source):
+    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
+    return f"{R}/dino/model.pt" if source == "dino" else f"{R}/iterative/{source}/model.pt"
+
+
+def initial_k(instance):
+    return instance.get("init_k") or SSRL_DEFAULTS["init_k"] or config["cluster"]["k"]
+
+
+def previous_model(r):
+    return f"{R}/dino/model.pt" if int(r) == 1 else f"{R}/iterative/round{int(r) - 1}/model.pt"
+
+
+def previous_source(r):
+    return "dino" if int(r) == 1 else f"round{int(r) - 1}"
+
+
+SYSTEMS = (
+    ["dino"]
+    + [f"iterative/round{r}" for r in ROUNDS]
+    + [f"ssrl/{p}" for p in VARIANT_DIRS.values()]
+)
+NORM = config["eval"]["score_norm"]
+
+
+def system_labels(system):
+    """Pseudo labels a system was trained with (AS-norm cohort; never true labels)."""
+    if system == "dino":
+        return f"{R}/cluster/dino_k{config['cluster']['k']}/labels.npz"
+    return f"{R}/{system}/labels.npz"
+
+
+def all_results():
+    return {
+        "metrics": [f"{R}/eval/{s}/metrics.json" for s in SYSTEMS],
+        "baseline": f"{R}/baseline.json",
+        "clusters": [f"{R}/cluster/dino_k{config['cluster']['k']}/quality.json"],
+    }

@@ -2,6 +2,8 @@
 
 
 rule prepare_data:
+    conda:
+        "../../envs/conda.yaml"
     output:
         directory(f"{R}/data"),
     params:
@@ -13,6 +15,8 @@ rule prepare_data:
 
 
 rule wave_store:
+    conda:
+        "../../envs/conda.yaml"
     input:
         f"{R}/data",
     output:
@@ -30,6 +34,8 @@ rule wave_store:
 
 
 rule test_features:
+    conda:
+        "../../envs/conda.yaml"
     input:
         store("test"),
     output:
@@ -44,6 +50,8 @@ rule test_features:
 
 
 rule crude_baseline:
+    conda:
+        "../../envs/conda.yaml"
     input:
         f"{R}/data",
     output:

@@ -1,22 +1,10 @@
 # Evaluation: embeddings of the test set for every system, scores and metrics, tables, plots.
 # A "system" is a trained model folder: dino, iterative/roundN, ssrl/<grid point>.
 
-SYSTEMS = (
-    ["dino"]
-    + [f"iterative/round{r}" for r in ROUNDS]
-    + [f"ssrl/{p}" for p in VARIANT_DIRS.values()]
-)
-NORM = config["eval"]["score_norm"]
-
-
-def system_labels(system):
-    """Pseudo labels a system was trained with (AS-norm cohort; never true labels)."""
-    if system == "dino":
-        return f"{R}/cluster/dino_k{config['cluster']['k']}/labels.npz"
-    return f"{R}/{system}/labels.npz"
-
 
 rule embed_test:
+    conda:
+        "../../envs/conda.yaml"
     input:
         model=f"{R}/{{system}}/model.pt",
         feats=f"{R}/feats/test",
@@ -31,6 +19,8 @@ rule embed_test:
 
 
 rule embed_train:
+    conda:
+        "../../envs/conda.yaml"
     input:
         model=f"{R}/{{system}}/model.pt",
         store=store("train"),
@@ -45,6 +35,8 @@ rule embed_train:
 
 
 rule score:
+    conda:
+        "../../envs/conda.yaml"
     input:
         emb=f"{R}/eval/{{system}}/emb_test.npz",
         data=f"{R}/data",
@@ -73,15 +65,9 @@ rule score:
         " {params.norm} --scores-dir {params.scores} --out {output.metrics} 2>&1 | tee {log}"
 
 
-def all_results():
-    return {
-        "metrics": [f"{R}/eval/{s}/metrics.json" for s in SYSTEMS],
-        "baseline": f"{R}/baseline.json",
-        "clusters": [f"{R}/cluster/dino_k{config['cluster']['k']}/quality.json"],
-    }
-
-
 rule tables:
+    conda:
+        "../../envs/conda.yaml"
     input:
         **all_results(),
     output:
@@ -95,14 +81,17 @@ rule tables:
         cfg=lambda w: json.dumps({"config": config, "variants": VARIANT_DIRS,
                                   "systems": SYSTEMS}),
         out=lambda w, output: os.path.dirname(output.main_csv),
+        root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
     log:
         f"{LOGS}/tables.log",
     shell:
-        "python -m ssrl tables --cfg '{params.cfg}' --root {R} --out-dir {params.out}"
+        "python -m ssrl tables --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
         " 2>&1 | tee {log}"
 
 
 rule plots:
+    conda:
+        "../../envs/conda.yaml"
     input:
         **all_results(),
     output:
@@ -113,8 +102,9 @@ rule plots:
         cfg=lambda w: json.dumps({"config": config, "variants": VARIANT_DIRS,
                                   "systems": SYSTEMS}),
         out=lambda w, output: os.path.dirname(output.det),
+        root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
     log:
         f"{LOGS}/plots.log",
     shell:
-        "python -m ssrl plots --cfg '{params.cfg}' --root {R} --out-dir {params.out}"
+        "python -m ssrl plots --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
         " 2>&1 | tee {log}"

@@ -2,6 +2,8 @@
 
 
 rule dino:
+    conda:
+        "../../envs/conda.yaml"
     input:
         train=store("train"),
         **AUGMENT_STORES,
@@ -9,25 +11,23 @@ rule dino:
         f"{R}/dino/model.pt",
     params:
         cfg=lambda w: cfg_json(),
-        out=f"{R}/dino",
+        out=lambda w, output: os.path.dirname(output[0]),
         launch=launcher(),
+        results=lambda w: config["results_dir"],
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
         f"{LOGS}/dino.log",
     shell:
-        "{params.launch} dino --cfg '{params.cfg}' --results {config[results_dir]}"
+        "{params.launch} dino --cfg '{params.cfg}' --results {params.results}"
         " --train {input.train} --noise {input.noise} --rir {input.rir} --out {params.out}"
         " 2>&1 | tee {log}"
 
 
-def model_of(source):
-    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
-    return f"{R}/dino/model.pt" if source == "dino" else f"{R}/iterative/{source}/model.pt"
-
-
 rule cluster:
+    conda:
+        "../../envs/conda.yaml"
     input:
         model=lambda w: model_of(w.source),
         train=store("train"),

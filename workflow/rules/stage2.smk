@@ -2,11 +2,9 @@
 # and the iterative baseline it is compared with (one job per round).
 
 
-def initial_k(instance):
-    return instance.get("init_k") or SSRL_DEFAULTS["init_k"] or config["cluster"]["k"]
-
-
 rule ssrl:
+    conda:
+        "../../envs/conda.yaml"
     input:
         train=store("train"),
         test=store("test"),
@@ -20,27 +18,22 @@ rule ssrl:
         out=lambda w, output: os.path.dirname(output[0]),
         name=lambda w: variant_name(paramspace.wildcard_pattern.format(**w)),
         launch=launcher(),
+        results=lambda w: config["results_dir"],
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
         f"{LOGS}/ssrl_{paramspace.wildcard_pattern}.log",
     shell:
-        "{params.launch} ssrl --cfg '{params.cfg}' --results {config[results_dir]}"
+        "{params.launch} ssrl --cfg '{params.cfg}' --results {params.results}"
         " --train {input.train} --noise {input.noise} --rir {input.rir} --test {input.test}"
         " --init {input.init} --labels {input.labels} --variant {params.name}"
         " --out {params.out} 2>&1 | tee {log}"
 
 
-def previous_model(r):
-    return f"{R}/dino/model.pt" if int(r) == 1 else f"{R}/iterative/round{int(r) - 1}/model.pt"
-
-
-def previous_source(r):
-    return "dino" if int(r) == 1 else f"round{int(r) - 1}"
-
-
 rule iterative_round:
+    conda:
+        "../../envs/conda.yaml"
     input:
         train=store("train"),
         test=store("test"),
@@ -55,13 +48,14 @@ rule iterative_round:
         cfg=lambda w: cfg_json(),
         out=lambda w, output: os.path.dirname(output[0]),
         launch=launcher(),
+        results=lambda w: config["results_dir"],
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
         f"{LOGS}/iterative_round{{r}}.log",
     shell:
-        "{params.launch} round --cfg '{params.cfg}' --results {config[results_dir]}"
+        "{params.launch} round --cfg '{params.cfg}' --results {params.results}"
         " --train {input.train} --noise {input.noise} --rir {input.rir} --test {input.test}"
         " --init {input.init} --labels {input.labels} --round {wildcards.r}"
         " --out {params.out} 2>&1 | tee {log}"
