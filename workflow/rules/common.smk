@@ -1,4 +1,4 @@
-# Shared helpers of the rule files: validated config, paths, the ablation grid, config-to-CLI.
+# Helpers shared by the workflow: validated config, paths, the ablation grid, config-to-CLI.
 import json
 import os
 
