@@ -96,7 +96,8 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
 
     Relative audio paths are taken relative to the folder. With `check_files` every audio file
     must exist (only existence is checked; decoding problems surface when the store is built).
-    Trial lists are validated against the folder's utterances.
+    Trial lists are validated against the folder's utterances. An empty wav.scp is an empty
+    set (see `ssrl.prepare.empty_dir`), not an error.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -105,8 +106,8 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
     if not scp.is_file():
         raise InputError(f"{scp}: file not found (every data folder needs a wav.scp)")
     raw, lines = _read_keyed(scp)
-    if not raw:
-        raise InputError(f"{scp}: no utterances listed")
+    if not raw:  # an empty set is legal (no noise or RIR set); its users check what they need
+        log.warning("%s: no utterances listed (an empty set)", scp)
 
     wavs: dict[str, Path] = {}
     for utt, value in raw.items():
@@ -176,7 +177,7 @@ def read_trials(path: str | os.PathLike, known: Collection[str] | None = None) -
     return Trials(enroll=enroll, test=test, labels=np.asarray(labels, dtype=np.int8))
 
 
-def write_trials_rows(trials: Trials) -> list[tuple[str, str, str]]:
+def trial_rows(trials: Trials) -> list[tuple[str, str, str]]:
     """Rows of `trials` in this workflow's own `enroll test target|nontarget` format."""
     words = {1: "target", 0: "nontarget"}
     return [(e, t, words[int(lab)]) for e, t, lab in zip(trials.enroll, trials.test,

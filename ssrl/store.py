@@ -10,18 +10,19 @@ docs/architecture.md; both stores are built in a temporary folder and renamed wh
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ssrl.io import InputError, atomic_dir, read_json, save_npz, write_json, write_table
-from ssrl.kaldi import AudioError, KaldiDir, load_audio, read_trials, write_trials_rows
+from ssrl.kaldi import AudioError, KaldiDir, load_audio, read_trials, trial_rows
 
 SAMPLE_RATE = 16000
 INT16_SCALE = 32768.0
@@ -61,73 +62,106 @@ def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
     return tqdm(items, total=total, desc=desc, unit="utt", disable=not enabled, leave=False)
 
 
+def _decode(path: Path) -> tuple[np.ndarray | None, str]:
+    """load_audio for a worker process: (wave, "") or (None, reason); AudioError won't pickle."""
+    try:
+        return load_audio(path, SAMPLE_RATE), ""
+    except AudioError as err:
+        return None, err.reason
+
+
+def _decoded(paths: list[Path], workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """Decode `paths` in order, in `workers` processes (0: in this process)."""
+    if workers <= 0:
+        yield from map(_decode, paths)
+        return
+    with multiprocessing.get_context().Pool(workers) as pool:
+        yield from pool.imap(_decode, paths, chunksize=8)
+
+
+class _ShardWriter:
+    """Appends int16 utterances to shard files of at most `shard_bytes` (one utterance may
+    exceed it alone: utterances are never split), hashing each shard as it is written."""
+
+    def __init__(self, folder: Path, shard_bytes: int) -> None:
+        self.folder, self.shard_bytes = folder, shard_bytes
+        self.shards: list[dict[str, Any]] = []
+        self._file: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._filled = 0  # samples in the current shard
+
+    def add(self, pcm: np.ndarray) -> tuple[int, int]:
+        """Write `pcm`; return (shard number, offset in samples)."""
+        if self._file is None or (self._filled + len(pcm)) * 2 > self.shard_bytes:
+            self.close()
+            name = f"shards/{len(self.shards):05d}.bin"
+            self.shards.append({"file": name})
+            self._file = open(self.folder / name, "wb")  # noqa: SIM115 - closed in close()
+            self._digest, self._filled = hashlib.sha256(), 0
+        raw = pcm.tobytes()
+        self._file.write(raw)
+        self._digest.update(raw)
+        offset, self._filled = self._filled, self._filled + len(pcm)
+        return len(self.shards) - 1, offset
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.shards[-1].update(sha256=self._digest.hexdigest(), n_samples=self._filled)
+
+
 def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "error",
                      min_seconds: float = 0.5, shard_bytes: int = 256 * 2**20,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, workers: int = 0) -> dict:
     """Decode every utterance of `data` into a wave store at `out`; return the build report.
 
     A bad utterance (unreadable, empty, silent, non-finite or shorter than `min_seconds`) raises
     an InputError naming its wav.scp line and audio file when `on_bad="error"`; with "skip" it is
     left out and listed in report["skipped"], and trials naming it are dropped (and counted).
     Trial lists are copied into the store (`trials/<name>`) so it is self-contained.
+    `workers` > 0 decodes in that many processes (worth it for VoxCeleb2's m4a files, each
+    of which costs an ffmpeg process); the store is identical either way.
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
     out = Path(os.path.abspath(out))
     min_samples = int(round(min_seconds * SAMPLE_RATE))
+    utts, paths = list(data.wavs), list(data.wavs.values())
 
     utt_ids: list[str] = []
     shard_of: list[int] = []
     offsets: list[int] = []
     lengths: list[int] = []
     skipped: list[dict[str, str]] = []
-    shards: list[dict[str, Any]] = []
 
     with atomic_dir(out) as tmp:
         (tmp / "shards").mkdir()
-        handle = None
-        digest = hashlib.sha256()
-        filled = 0  # samples in the current shard
-
-        def close_shard() -> None:
-            if handle is not None:
-                handle.close()
-                shards[-1].update(sha256=digest.hexdigest(), n_samples=filled)
-
+        writer = _ShardWriter(tmp, shard_bytes)
+        waves = _decoded(paths, workers)
+        decoded = _progress(waves, len(paths), f"store {out.name}", progress)
         try:
-            items = _progress(data.wavs.items(), len(data.wavs), f"store {out.name}",
-                                   progress)
-            for utt, wav in items:
-                try:
-                    wave = load_audio(wav, SAMPLE_RATE)
-                    if len(wave) < min_samples:
-                        raise AudioError(wav, f"too short ({len(wave) / SAMPLE_RATE:.3f} s < "
-                                              f"min_seconds {min_seconds:g} s)")
-                except AudioError as err:
+            for utt, wav, (wave, reason) in zip(utts, paths, decoded):
+                if wave is not None and len(wave) < min_samples:
+                    wave, reason = None, (f"too short ({len(wave) / SAMPLE_RATE:.3f} s < "
+                                          f"min_seconds {min_seconds:g} s)")
+                if wave is None:
                     if on_bad == "error":
-                        raise InputError(f"{data.scp}:{data.lines.get(utt, '?')}: {err}") from None
-                    skipped.append({"utt": utt, "path": str(wav), "reason": err.reason})
+                        raise InputError(f"{data.scp}:{data.lines.get(utt, '?')}: {wav}: {reason}")
+                    skipped.append({"utt": utt, "path": str(wav), "reason": reason})
                     continue
                 pcm = _to_int16(wave)
-                if handle is None or (filled and (filled + len(pcm)) * 2 > shard_bytes):
-                    close_shard()
-                    name = f"shards/{len(shards):05d}.bin"
-                    shards.append({"file": name})
-                    handle = open(tmp / name, "wb")  # noqa: SIM115 - closed in close_shard
-                    digest = hashlib.sha256()
-                    filled = 0
-                raw = pcm.tobytes()
-                handle.write(raw)
-                digest.update(raw)
+                shard, offset = writer.add(pcm)
                 utt_ids.append(utt)
-                shard_of.append(len(shards) - 1)
-                offsets.append(filled)
+                shard_of.append(shard)
+                offsets.append(offset)
                 lengths.append(len(pcm))
-                filled += len(pcm)
         finally:
-            close_shard()
+            writer.close()
+            decoded.close()
+            waves.close()  # stops the worker pool when leaving early
 
-        if not utt_ids:
+        if skipped and not utt_ids:
             raise InputError(f"{data.scp}: no usable utterances "
                              f"(all {len(skipped)} skipped as bad)")
 
@@ -145,7 +179,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             trials.enroll = [trials.enroll[i] for i in keep]
             trials.test = [trials.test[i] for i in keep]
             trials.labels = trials.labels[keep]
-            write_table(tmp / "trials" / name, write_trials_rows(trials))
+            write_table(tmp / "trials" / name, trial_rows(trials))
             trials_meta[name] = str(out / "trials" / name)
             n_trials[name] = len(keep)
 
@@ -162,7 +196,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             "sample_rate": SAMPLE_RATE,
             "n_utts": len(utt_ids),
             "total_samples": int(sum(lengths)),
-            "shards": shards,
+            "shards": writer.shards,
             "trials": trials_meta,
             "report": report,
         }
@@ -211,7 +245,10 @@ class WaveStore:
         self.spk: list[str] | None = self.meta.get("spk")
         self.sess: list[str] | None = self.meta.get("sess")
         self.categories: list[str] | None = self.meta.get("category")
-        self.trials: dict[str, Path] = {k: Path(v) for k, v in self.meta["trials"].items()}
+        # the store's own copies first, so a moved or copied store still finds its trials
+        self.trials: dict[str, Path] = {
+            k: own if (own := self.path / "trials" / k).is_file() else Path(v)
+            for k, v in self.meta["trials"].items()}
         self._files = [self.path / s["file"] for s in self.meta["shards"]]
         self._positions: dict[str, int] | None = None
         self._maps = _LazyMaps()
@@ -273,6 +310,8 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
     Returns meta.json's content.
     """
     out = Path(os.path.abspath(out))
+    if not len(store):
+        raise InputError(f"{store.path}: the store is empty; there are no features to compute")
     offsets: list[int] = []
     n_frames: list[int] = []
     n_mels: int | None = None

@@ -1,0 +1,178 @@
+"""Turn corpora as distributed (VoxCeleb1/2, MUSAN, RIRS_NOISES, any Kaldi dir) into data folders.
+
+Only lists are written here (wav.scp with absolute paths, utt2spk, ...); audio is decoded once,
+later, when the wave store is built. Each folder is written whole into a temporary folder and
+renamed, so a failed preparation never leaves a partial folder behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+from ssrl.io import InputError, atomic_dir, write_table
+from ssrl.kaldi import UTT_MAPS, read_kaldi_dir, read_trials, trial_rows
+
+VOX_SUFFIXES = (".wav", ".flac", ".m4a")  # preference order when one utterance has several
+MUSAN_CATEGORIES = ("music", "noise", "speech")
+RIR_ROOMS = ("smallroom", "mediumroom", "largeroom")
+_SPEAKER = re.compile(r"^id\d+$")
+_TRIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _abs(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _require_dir(root: Path) -> None:
+    if not root.is_dir():
+        raise InputError(f"{root}: directory not found")
+
+
+def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Index a VoxCeleb1 (wav) or VoxCeleb2 (m4a) tree into a data folder.
+
+    Any `id*/<video>/<n>.{wav,flac,m4a}` below `root` counts. The utterance id is the path from
+    the speaker folder with the extension replaced by `.wav` (`id10001/1zcIwhmdeo4/00001.wav`),
+    the form VoxCeleb's trial lists use. utt2spk is the speaker folder, utt2sess speaker/video.
+    When one utterance exists in several formats (e.g. m4a converted to wav in place) the first
+    of wav, flac, m4a is used and the others are counted in the report.
+    """
+    root, out = Path(root), Path(out)
+    _require_dir(root)
+    found: dict[str, Path] = {}
+    duplicates = 0
+    for dirpath, _dirs, files in os.walk(root, followlinks=True):
+        folder = Path(dirpath)
+        if not _SPEAKER.match(folder.parent.name):
+            continue
+        for name in files:
+            file = folder / name
+            if file.suffix.lower() not in VOX_SUFFIXES:
+                continue
+            utt = f"{folder.parent.name}/{folder.name}/{file.stem}.wav"
+            if utt in found:
+                duplicates += 1
+                rank = VOX_SUFFIXES.index
+                if rank(file.suffix.lower()) >= rank(found[utt].suffix.lower()):
+                    continue
+            found[utt] = file
+    if not found:
+        raise InputError(f"no VoxCeleb audio found under {root}: "
+                         "expected id*/<video>/*.wav|m4a|flac")
+    utts = sorted(found)
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "wav.scp", ((u, _abs(found[u])) for u in utts))
+        write_table(tmp / "utt2spk", ((u, u.split("/")[0]) for u in utts))
+        write_table(tmp / "utt2sess", ((u, "/".join(u.split("/")[:2])) for u in utts))
+    return {
+        "root": _abs(root),
+        "n_utts": len(utts),
+        "n_speakers": len({u.split("/")[0] for u in utts}),
+        "n_sessions": len({"/".join(u.split("/")[:2]) for u in utts}),
+        "formats": dict(sorted(Counter(found[u].suffix.lower() for u in utts).items())),
+        "duplicates_ignored": duplicates,
+    }
+
+
+def prepare_trials(files: dict[str, str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Copy trial lists into data folder `out` as `trials_<name>` (enroll test target|nontarget).
+
+    Accepts VoxCeleb's `1 enroll test` lists (O/E/H, cleaned) and this workflow's own format;
+    every trial must name an utterance of out/wav.scp. Returns name -> counts.
+    """
+    out = Path(out)
+    known = read_kaldi_dir(out, check_files=False).wavs
+    report = {}
+    for name, file in files.items():
+        if not _TRIAL_NAME.match(name):
+            raise InputError(f"{file}: bad trial list name {name!r} (letters, digits, _ . -)")
+        trials = read_trials(file, known=known)
+        write_table(out / f"trials_{name}", trial_rows(trials))
+        report[name] = {"source": _abs(Path(file)), "n_trials": len(trials),
+                        "n_target": int(trials.labels.sum())}
+    return report
+
+
+def prepare_musan(root: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Index MUSAN (`{music,noise,speech}/<subset>/*.wav`) with utt2category.
+
+    The utterance id is the path below `root` without extension (`noise/free-sound/noise-...`).
+    A `root` that holds a `musan/` folder is accepted too.
+    """
+    root, out = Path(root), Path(out)
+    _require_dir(root)
+    if not any((root / c).is_dir() for c in MUSAN_CATEGORIES) and (root / "musan").is_dir():
+        root = root / "musan"
+    wavs: dict[str, Path] = {}
+    category: dict[str, str] = {}
+    for cat in MUSAN_CATEGORIES:
+        for file in sorted((root / cat).glob("*/*.wav")):
+            utt = f"{cat}/{file.parent.name}/{file.stem}"
+            wavs[utt] = file
+            category[utt] = cat
+    if not wavs:
+        raise InputError(f"no MUSAN audio found under {root}: "
+                         "expected {music,noise,speech}/<subset>/*.wav")
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "wav.scp", ((u, _abs(w)) for u, w in wavs.items()))
+        write_table(tmp / "utt2category", category.items())
+    return {"root": _abs(root), "n_utts": len(wavs),
+            "categories": dict(sorted(Counter(category.values()).items()))}
+
+
+def prepare_rirs(root: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Index RIRS_NOISES' simulated RIRs (`simulated_rirs/<room size>/Room*/*.wav`).
+
+    The utterance id is `<room size>/<file stem>`, e.g. `smallroom/Room001-00001`. `root` may
+    be the RIRS_NOISES folder, its parent, or the simulated_rirs folder itself.
+    """
+    root, out = Path(root), Path(out)
+    _require_dir(root)
+    for base in (root / "simulated_rirs", root / "RIRS_NOISES" / "simulated_rirs", root):
+        if any((base / room).is_dir() for room in RIR_ROOMS):
+            break
+    wavs: dict[str, Path] = {}
+    for room in RIR_ROOMS:
+        for file in sorted((base / room).glob("*/*.wav")):
+            wavs[f"{room}/{file.stem}"] = file
+    if not wavs:
+        raise InputError(f"no RIRS_NOISES audio found under {root}: expected "
+                         "simulated_rirs/{smallroom,mediumroom,largeroom}/Room*/*.wav")
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "wav.scp", ((u, _abs(w)) for u, w in wavs.items()))
+    return {"root": _abs(root), "n_utts": len(wavs),
+            "rooms": dict(sorted(Counter(u.split("/")[0] for u in wavs).items()))}
+
+
+def empty_dir(out: str | os.PathLike) -> None:
+    """Write an empty data folder (an empty wav.scp): a set the configuration leaves out."""
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "wav.scp", [])
+
+
+def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Validate a user's own data folder and copy it to `out` with absolute audio paths.
+
+    Trial lists are rewritten in the `enroll test target|nontarget` format under their names.
+    """
+    data = read_kaldi_dir(src, check_files=True)
+    if not data.wavs:
+        raise InputError(f"{data.scp}: no utterances listed")
+    maps = {name: getattr(data, name) for name in UTT_MAPS}
+    trial_files = {name: read_trials(file) for name, file in data.trials.items()}
+    with atomic_dir(out) as tmp:
+        write_table(tmp / "wav.scp", ((u, str(w)) for u, w in data.wavs.items()))
+        for name, values in maps.items():
+            if values is not None:
+                write_table(tmp / name, values.items())
+        for name, trials in trial_files.items():
+            file = "trials" if name == "trials" else f"trials_{name}"
+            write_table(tmp / file, trial_rows(trials))
+    report: dict = {"source": _abs(Path(src)), "n_utts": len(data.wavs),
+                    "trials": {name: len(t) for name, t in trial_files.items()}}
+    if data.utt2spk is not None:
+        report["n_speakers"] = len(set(data.utt2spk.values()))
+    return report
