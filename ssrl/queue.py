@@ -84,7 +84,6 @@ class LabelQueue:
         support = np.zeros(q.shape, dtype=np.int16)
         for j in range(self.length):
             support += (q == q[:, j : j + 1]) & filled
-        support[~filled] = 0
         # argmax takes the first maximum: the first occurrence of the earliest-entered label
         # among those with the highest count.
         best = np.argmax(support, axis=1)

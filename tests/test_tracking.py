@@ -1,0 +1,319 @@
+"""MLflow tracking against real stores: a sqlite file and a real `mlflow server` subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ssrl.tracking import (
+    BUFFER_FILE,
+    STATE_FILE,
+    Tracker,
+    flatten_params,
+    git_commit,
+    replay_buffer,
+    resolve_tracking_uri,
+)
+
+MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def _buffer(state_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (state_dir / BUFFER_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One database for the module (creating its tables is the slow part)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------------- pure helpers
+def test_resolve_tracking_uri_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path / "res") == f"sqlite:///{tmp_path}/res/mlflow.db"
+    assert resolve_tracking_uri("http://h:5000", tmp_path) == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:1")
+    assert resolve_tracking_uri("http://h:5000", tmp_path) == "http://env:1"
+
+
+def test_flatten_params_nests_with_dots_and_stringifies():
+    flat = flatten_params({"dino": {"lr": 0.25, "head": {"k": 65536}}, "q": None, "ks": [1, 2]})
+    assert flat == {"dino.lr": "0.25", "dino.head.k": "65536", "q": "None", "ks": "[1, 2]"}
+
+
+def test_git_commit_of_a_checkout_and_outside_git(tmp_path):
+    assert git_commit(tmp_path) == "unknown"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert len(head) == 40
+    assert git_commit(repo) == head
+
+
+# ------------------------------------------------------------------------- sqlite store
+def test_run_round_trip(sqlite_uri, tmp_path):
+    job = tmp_path / "job"
+    artifact = tmp_path / "summary.txt"
+    artifact.write_text("eer 1.0\n")
+    with Tracker(sqlite_uri, "roundtrip", "dino-c512", job, tags={"stage": "dino"},
+                 params={"dino": {"lr": 0.25, "epochs": 150}, "seed": 1}) as tr:
+        for step, loss in enumerate([4.0, 3.5, 3.25]):
+            tr.log_metrics({"loss": loss}, step=step)
+        tr.log_metrics({"eer": 0.02}, step=2)
+        tr.log_artifact(artifact, artifact_path="tables")
+    client = mlflow.MlflowClient(sqlite_uri)
+    run = client.get_run(tr.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "dino-c512"
+    assert run.data.params == {"dino.lr": "0.25", "dino.epochs": "150", "seed": "1"}
+    assert run.data.tags["stage"] == "dino"
+    assert run.data.tags["git_commit"] == git_commit()
+    assert _history(client, tr.run_id, "loss") == [(0, 4.0), (1, 3.5), (2, 3.25)]
+    assert _history(client, tr.run_id, "eer") == [(2, 0.02)]
+    assert [a.path for a in client.list_artifacts(tr.run_id, "tables")] == ["tables/summary.txt"]
+    # artifacts of a sqlite store sit next to the database, not under the cwd
+    db_dir = Path(sqlite_uri[len("sqlite:///"):]).parent
+    assert (db_dir / "mlartifacts" / "roundtrip" / tr.run_id / "artifacts" / "tables"
+            / "summary.txt").read_text() == "eer 1.0\n"
+    assert json.loads((job / STATE_FILE).read_text())["run_id"] == tr.run_id
+    assert not (job / BUFFER_FILE).exists()
+
+
+def test_exception_marks_run_failed_and_propagates(sqlite_uri, tmp_path):
+    with pytest.raises(ValueError, match="boom"), \
+            Tracker(sqlite_uri, "status", "crash", tmp_path / "a") as tr:
+        raise ValueError("boom")
+    with pytest.raises(KeyboardInterrupt), \
+            Tracker(sqlite_uri, "status", "interrupted", tmp_path / "b") as tr2:
+        raise KeyboardInterrupt
+    client = mlflow.MlflowClient(sqlite_uri)
+    assert client.get_run(tr.run_id).info.status == "FAILED"
+    assert client.get_run(tr2.run_id).info.status == "KILLED"
+
+
+def test_resume_continues_the_same_run(sqlite_uri, tmp_path, caplog):
+    job = tmp_path / "job"
+    with pytest.raises(RuntimeError), \
+            Tracker(sqlite_uri, "resume", "ssrl", job, params={"lr": 0.1, "q": 5}) as first:
+        first.log_metrics({"loss": 2.0}, step=0)
+        raise RuntimeError("killed")
+    client = mlflow.MlflowClient(sqlite_uri)
+    assert client.get_run(first.run_id).info.status == "FAILED"
+    with Tracker(sqlite_uri, "resume", "ssrl", job, params={"lr": 0.2, "q": 5}) as second:
+        assert client.get_run(second.run_id).info.status == "RUNNING"
+        second.log_metrics({"loss": 1.0}, step=1)
+    assert second.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert _history(client, first.run_id, "loss") == [(0, 2.0), (1, 1.0)]
+    # params are immutable in MLflow: the first value stays, the new one is kept as a tag
+    assert run.data.params == {"lr": "0.1", "q": "5"}
+    assert run.data.tags["changed_param.lr"] == "0.2"
+    assert "params changed" in caplog.text
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_resume_replays_an_old_buffer_but_not_its_end_status(sqlite_uri, tmp_path):
+    # A job whose store went away at exit leaves metrics and its final status buffered; when
+    # it is resumed, the metrics are replayed but the old status must not end the new session.
+    job = tmp_path / "job"
+    with Tracker(sqlite_uri, "resume-buffer", "ssrl", job) as first:
+        first.log_metrics({"loss": 3.0}, step=0)
+    now = int(time.time() * 1000)
+    lines = [{"op": "metrics", "metrics": {"loss": 2.0}, "step": 1, "time": now},
+             {"op": "end", "status": "KILLED", "time": now}]
+    (job / BUFFER_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    client = mlflow.MlflowClient(sqlite_uri)
+    with Tracker(sqlite_uri, "resume-buffer", "ssrl", job) as second:
+        assert not (job / BUFFER_FILE).exists()
+        assert client.get_run(second.run_id).info.status == "RUNNING"
+        second.log_metrics({"loss": 1.0}, step=2)
+    assert second.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert _history(client, first.run_id, "loss") == [(0, 3.0), (1, 2.0), (2, 1.0)]
+
+
+def test_runs_of_a_sweep_share_one_parent(sqlite_uri, tmp_path):
+    ids = []
+    for variant in ("no-nlm", "q1"):
+        with Tracker(sqlite_uri, "sweeps", variant, tmp_path / variant,
+                     tags={"variant": variant}, parent_run_name="ablation") as tr:
+            ids.append(tr.run_id)
+    client = mlflow.MlflowClient(sqlite_uri)
+    exp = client.get_experiment_by_name("sweeps")
+    parents = client.search_runs([exp.experiment_id], "attributes.run_name = 'ablation'")
+    assert len(parents) == 1
+    assert parents[0].data.tags["sweep_parent"] == "true"
+    for run_id in ids:
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["sweep"] == "ablation"
+
+
+def test_rejected_record_is_dropped_not_buffered(sqlite_uri, tmp_path, caplog):
+    job = tmp_path / "job"
+    with Tracker(sqlite_uri, "rejects", "r", job) as tr:
+        tr.log_metrics({"bad\x00name": 1.0}, step=0)  # invalid metric name: MLflow says 400
+        tr.log_metrics({"loss": 3.0}, step=0)
+    client = mlflow.MlflowClient(sqlite_uri)
+    assert "rejected" in caplog.text
+    assert list(client.get_run(tr.run_id).data.metrics) == ["loss"]
+    assert not (job / BUFFER_FILE).exists()
+
+
+def test_unreachable_server_buffers_everything_and_replays(sqlite_uri, tmp_path, caplog):
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    job = tmp_path / "job"
+    with Tracker(dead, "offline", "r", job, tags={"stage": "ssrl"}, params={"k": 8000},
+                 retry_interval=0) as tr:
+        tr.log_metrics({"loss": 5.0}, step=0)
+        tr.log_metrics({"loss": 4.0}, step=1)
+    assert tr.run_id is None
+    assert [r["op"] for r in _buffer(job)] == ["tags", "params", "metrics", "metrics", "end"]
+    assert "records kept in" in caplog.text
+    # a later replay (here into another store, as `uri` allows) creates the run and sends all
+    assert replay_buffer(job, uri=sqlite_uri)
+    assert not (job / BUFFER_FILE).exists()
+    client = mlflow.MlflowClient(sqlite_uri)
+    run_id = json.loads((job / STATE_FILE).read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"k": "8000"}
+    assert run.data.tags["stage"] == "ssrl"
+    assert _history(client, run_id, "loss") == [(0, 5.0), (1, 4.0)]
+
+
+# ------------------------------------------------------------------------- server mode
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 that a test can stop and start again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log_file = open(self.root / "server.log", "a")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [str(MLFLOW_BIN), "server", "--backend-store-uri",
+             f"sqlite:///{self.root / 'db.sqlite'}", "--artifacts-destination",
+             str(self.root / "art"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log_file.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited:\n{(self.root / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail("mlflow server did not answer /health within 60 s")
+
+    def stop(self) -> None:
+        """Stop the server's process group (only what start() launched) and free the port."""
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the uvicorn child may outlive its parent briefly
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    break
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("server"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_server_mode_round_trip(server, tmp_path, monkeypatch):
+    artifact = tmp_path / "model.txt"
+    artifact.write_text("weights\n")
+    with Tracker(server.uri, "remote", "dino", tmp_path / "job", tags={"dataset": "synth"},
+                 params={"dino": {"lr": 0.25}}) as tr:
+        tr.log_metrics({"loss": 2.0}, step=0)
+        tr.log_metrics({"loss": 1.5}, step=1)
+        tr.log_artifact(artifact)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    runs = mlflow.search_runs(experiment_names=["remote"])
+    assert list(runs["run_id"]) == [tr.run_id]
+    row = runs.iloc[0]
+    assert row["status"] == "FINISHED"
+    assert row["params.dino.lr"] == "0.25"
+    assert row["tags.dataset"] == "synth"
+    assert row["metrics.loss"] == 1.5
+    client = mlflow.MlflowClient(server.uri)
+    assert _history(client, tr.run_id, "loss") == [(0, 2.0), (1, 1.5)]
+    assert [a.path for a in client.list_artifacts(tr.run_id)] == ["model.txt"]
+
+
+def test_server_down_mid_run_is_buffered_then_replayed(server, tmp_path, caplog):
+    job = tmp_path / "job"
+    with Tracker(server.uri, "outage", "ssrl", job, retry_interval=0) as tr:
+        tr.log_metrics({"loss": 1.0}, step=0)
+        server.stop()
+        tr.log_metrics({"loss": 0.5}, step=1)  # must not raise
+        tr.log_metrics({"nmi": 0.9}, step=1)
+        records = _buffer(job)
+        assert [(r["op"], r["step"], r["metrics"]) for r in records] == [
+            ("metrics", 1, {"loss": 0.5}), ("metrics", 1, {"nmi": 0.9})]
+        assert "unreachable" in caplog.text
+        server.start()  # same port, same backend store
+        tr.log_metrics({"loss": 0.25}, step=2)  # the next call replays the buffer first
+        assert not (job / BUFFER_FILE).exists()
+    client = mlflow.MlflowClient(server.uri)
+    run = client.get_run(tr.run_id)
+    assert run.info.status == "FINISHED"
+    assert "incomplete" not in run.data.tags
+    assert _history(client, tr.run_id, "loss") == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    assert _history(client, tr.run_id, "nmi") == [(1, 0.9)]
