@@ -272,7 +272,7 @@ def end_of_epoch_labels(c: dict, epoch: int, queue: LabelQueue, labels: np.ndarr
     queue.push(np.where(seen, recorded, 0), seen)
     if epoch < c["hold_epochs"] - 1:
         return labels, 0.0
-    voted = queue.vote()
+    voted = queue.vote().astype(np.int64)
     # A vote for a cluster removed earlier falls back to the teacher's (always active) label.
     stale = ~active[voted]
     voted[stale] = np.where(seen[stale], recorded[stale], labels[stale])

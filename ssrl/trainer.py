@@ -230,7 +230,8 @@ def batches_per_epoch(n_items: int, batch_size: int, steps: int | None) -> int:
 
 def epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
     """The epoch's utterance order, a function of (seed, epoch) only."""
-    return np.random.default_rng(step_seed(seed, epoch, -1)).permutation(n_items)
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 2**32 - 1])).permutation(
+        n_items)
 
 
 def step_indices(order: np.ndarray, step: int, batch_size: int) -> np.ndarray:
