@@ -116,8 +116,7 @@ def cmd_dino(a: argparse.Namespace) -> None:
     with _tracker(cfg, Path(a.results), out, "dino", "dino") as tracker:
         t0 = time.time()
         result = train_dino(cfg, Path(a.train), _opt(a.noise), _opt(a.rir), out, tracker)
-        tracker.log_metrics({"wall_seconds": time.time() - t0}, step=0)
-        tracker.log_artifact(out / "history.json")
+        _log_compute(tracker, out, result["history"], time.time() - t0, cfg["dino"], a.train)
     log.info("dino finished: %d epochs", len(result["history"]))
 
 

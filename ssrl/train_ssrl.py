@@ -196,7 +196,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
             it = epoch * steps + step
             set_lr(optimizer, float(lr_at[it]))
             utts = crops["utts"].numpy()
-            y = torch.from_numpy(labels[utts]).to(device)
+            y = torch.from_numpy(labels[utts]).long().to(device)
 
             if recording:  # the teacher re-labels what it sees (a long, clean crop)
                 judge = teacher if teacher is not None else unwrap(student).eval()
