@@ -210,11 +210,8 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
 
             with autocast(device, cfg["runtime"]["bf16"]):
                 per_utt = student(frontend(crops["student"][0]), y, active_t)
-            if nlm:  # noisy-label modelling: trust each utterance by its p_clean
-                w = torch.from_numpy(p_clean[utts]).to(device)
-                loss = (w * per_utt).sum() / w.sum().clamp_min(1e-8)
-            else:
-                loss = per_utt.mean()
+            weights = torch.from_numpy(p_clean[utts]).to(device) if nlm else None
+            loss = weighted_loss(per_utt, weights)
             finite_or_raise(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,9 +227,8 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
 
         row: dict = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
         if recording:
-            labels, changed = end_of_epoch_labels(c, epoch, queue, labels, recorded_label, active)
-            active &= np.bincount(labels, minlength=n_classes) > 0  # emptied clusters: gone
-            row["changed"] = changed
+            labels, active, row["changed"] = refresh_labels(c, epoch, queue, labels,
+                                                            recorded_label, active)
             if nlm:
                 seen = ~np.isnan(recorded_loss)
                 if seen.sum() > 2:
@@ -264,19 +260,29 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     return history
 
 
-def end_of_epoch_labels(c: dict, epoch: int, queue: LabelQueue, labels: np.ndarray,
-                        recorded: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, float]:
-    """Push the epoch's teacher labels into the queue; from the end of the hold period on,
-    the training labels become the queue's majority vote."""
+def weighted_loss(per_utt: torch.Tensor, p_clean: torch.Tensor | None) -> torch.Tensor:
+    """Noisy-label modelling: L = Σ p_clean·CE / Σ p_clean; the plain mean when it is off."""
+    if p_clean is None:
+        return per_utt.mean()
+    return (p_clean * per_utt).sum() / p_clean.sum().clamp_min(1e-8)
+
+
+def refresh_labels(c: dict, epoch: int, queue: LabelQueue, labels: np.ndarray,
+                   recorded: np.ndarray,
+                   active: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """End of an epoch: push the teacher's labels into the queue; once the hold period is over
+    the training labels become the queue's majority vote, and clusters left with no utterance
+    are removed for good. Returns (labels, active clusters, fraction of labels changed)."""
     seen = recorded >= 0
     queue.push(np.where(seen, recorded, 0), seen)
     if epoch < c["hold_epochs"] - 1:
-        return labels, 0.0
+        return labels, active, 0.0
     voted = queue.vote().astype(np.int64)
     # A vote for a cluster removed earlier falls back to the teacher's (always active) label.
     stale = ~active[voted]
     voted[stale] = np.where(seen[stale], recorded[stale], labels[stale])
-    return voted, float(np.mean(voted != labels))
+    still_used = np.bincount(voted, minlength=len(active)) > 0
+    return voted, active & still_used, float(np.mean(voted != labels))
 
 
 def label_diagnostics(labels: np.ndarray, active: np.ndarray, p_clean: np.ndarray,
