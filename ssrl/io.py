@@ -26,6 +26,13 @@ class OutputError(Exception):
     """An output could not be written (disk full, permissions). Nothing half-written is left."""
 
 
+def _umask_mode(directory: bool = False) -> int:
+    """The mode a plainly created file (or folder) would get; mkstemp/mkdtemp use 0600/0700."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def _fail_write(path: Path, err: OSError) -> OutputError:
     return OutputError(f"{path}: could not write output ({err.strerror or err}); nothing was kept")
 
@@ -43,6 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _umask_mode())
         os.replace(tmp_path, path)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
@@ -60,6 +68,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(directory=True))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -101,9 +110,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_table(path: str | os.PathLike, rows: Iterable[Iterable[Any]]) -> None:
