@@ -101,10 +101,15 @@ def cmd_feats(a: argparse.Namespace) -> None:
 def cmd_baseline(a: argparse.Namespace) -> None:
     """The crude reference: utterance-mean MFCC + cosine on the test trials."""
     from .baseline import mfcc_mean_scores
+    from .kaldi import read_kaldi_dir
     from .verification import evaluate
 
-    scores, labels = mfcc_mean_scores(Path(a.data))
-    write_json(a.out, {"system": "mfcc_mean", **evaluate(scores, labels)})
+    lists = read_kaldi_dir(Path(a.data), check_files=False).trials
+    if not lists:
+        raise InputError(f"{a.data}: no trials file")
+    name, path = next(iter(lists.items()))  # the first list (VoxCeleb: O)
+    scores, labels = mfcc_mean_scores(Path(a.data), trials=path.name)
+    write_json(a.out, {"system": "mfcc_mean", "trial_list": name, **evaluate(scores, labels)})
 
 
 # --- training ------------------------------------------------------------------------------
@@ -195,6 +200,11 @@ def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dic
     write_json(out / "compute.json", compute)
     tracker.log_metrics(compute, step=0)
     tracker.log_artifact(out / "history.json")
+    if any("n_clusters" in row for row in history):  # the cluster-count / NMI trajectory
+        from .report import plot_history
+
+        plot_history(history, out / "trajectory.png", title=out.name)
+        tracker.log_artifact(out / "trajectory.png")
 
 
 # --- evaluation ----------------------------------------------------------------------------

@@ -108,3 +108,19 @@ rule plots:
     shell:
         "python -m ssrl plots --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
         " 2>&1 | tee {log}"
+
+
+rule export_ssrl:
+    conda:
+        "../../envs/conda.yaml"
+    input:
+        f"{R}/{MAIN_SSRL}/model.pt",
+    output:
+        torchscript=f"{R}/export/encoder.ts",
+        onnx=f"{R}/export/encoder.onnx",
+    params:
+        out=lambda w, output: os.path.dirname(output.onnx),
+    log:
+        f"{LOGS}/export_ssrl.log",
+    shell:
+        "python -m ssrl export --model {input} --out-dir {params.out} 2>&1 | tee {log}"
