@@ -88,12 +88,17 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
     augmenter = augmenter_from_config(cfg, noise_store, rir_store, c["p_reverb"], c["p_noise"])
 
+    torch.manual_seed(cfg["seed"])  # the initial weights: the same in every run and process
     encoder = build_encoder({**cfg["model"], "n_mels": cfg["features"]["n_mels"]})
     head = DINOHead(encoder.embed_dim, c["out_dim"], c["hidden_dim"], c["bottleneck_dim"])
     student = DINOModel(encoder, head).to(device)
-    teacher = frozen_copy(student).to(device)
+    # As in DINO, the teacher's BatchNorm uses batch statistics (train mode): with running
+    # statistics its outputs barely differ between utterances early on, the centred targets
+    # turn uniform, and training collapses (measured on the built-in corpus).
+    teacher = frozen_copy(student).to(device).train()
     if d.world > 1:
-        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         student = nn.parallel.DistributedDataParallel(student)
     optimizer = torch.optim.SGD(param_groups(student, c["weight_decay"]), lr=0.0,
                                 momentum=c["sgd_momentum"])
@@ -108,12 +113,14 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     state = ckpt.load()
     history: list[dict] = []
     epoch0, step0 = 0, 0
+    resumed_losses: list[float] = []
     if state is not None:
         unwrap(student).load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         center = state["center"].to(device)
         epoch0, step0, history = state["epoch"], state["step"], state["history"]
+        resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
         log.info("resuming DINO at epoch %d step %d", epoch0, step0)
 
     views = [View("global", c["global_crops"], c["global_seconds"], augment=True),
@@ -127,10 +134,11 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     def checkpoint(epoch: int, step: int) -> None:
         ckpt.save({"student": unwrap(student).state_dict(), "teacher": teacher.state_dict(),
                    "optimizer": optimizer.state_dict(), "center": center.cpu(),
-                   "epoch": epoch, "step": step, "history": history})
+                   "epoch": epoch, "step": step, "history": history,
+                   "epoch_losses": losses if step else []})
 
     for epoch in range(epoch0, c["epochs"]):
-        losses, t_epoch = [], time.time()
+        losses, t_epoch = (resumed_losses if epoch == epoch0 else []), time.time()
         for step, crops in batches.epoch(epoch, step0 if epoch == epoch0 else 0):
             it = epoch * steps + step
             set_lr(optimizer, float(lr_at[it]))
