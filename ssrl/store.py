@@ -230,7 +230,26 @@ class _LazyMaps:
         return {"_pid": -1, "_maps": {}}  # never pickle open maps (spawned workers reopen)
 
 
-class WaveStore:
+class _Utterances:
+    """What both stores share: utterance ids in store order and lookup by id."""
+
+    path: Path
+    utt_ids: list[str]
+    _positions: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def index_of(self, utt_id: str) -> int:
+        if self._positions is None:
+            self._positions = {u: i for i, u in enumerate(self.utt_ids)}
+        try:
+            return self._positions[utt_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
+
+
+class WaveStore(_Utterances):
     """Read side of a wave store: int16 views, float crops, metadata."""
 
     def __init__(self, path: str | os.PathLike, verify: bool = False) -> None:
@@ -250,7 +269,6 @@ class WaveStore:
             k: own if (own := self.path / "trials" / k).is_file() else Path(v)
             for k, v in self.meta["trials"].items()}
         self._files = [self.path / s["file"] for s in self.meta["shards"]]
-        self._positions: dict[str, int] | None = None
         self._maps = _LazyMaps()
         for file, shard in zip(self._files, self.meta["shards"]):
             if not file.is_file():
@@ -261,17 +279,6 @@ class WaveStore:
             if verify and _sha256(file) != shard["sha256"]:
                 raise InputError(f"{file}: checksum mismatch (the store is corrupt or was "
                                  "changed after it was built; rebuild it)")
-
-    def __len__(self) -> int:
-        return len(self.utt_ids)
-
-    def index_of(self, utt_id: str) -> int:
-        if self._positions is None:
-            self._positions = {u: i for i, u in enumerate(self.utt_ids)}
-        try:
-            return self._positions[utt_id]
-        except KeyError:
-            raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
 
     def wave(self, i: int) -> np.ndarray:
         """The stored int16 samples of utterance `i` (a read-only memory-map view, no copy)."""
@@ -343,7 +350,7 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
     return meta
 
 
-class FeatStore:
+class FeatStore(_Utterances):
     """Read side of a feature store: float32 [n_mels, frames] per utterance."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -362,18 +369,6 @@ class FeatStore:
             raise InputError(f"{self._file}: has {self._file.stat().st_size} bytes, expected "
                              f"{expected} (truncated or changed)")
         self._maps = _LazyMaps()
-        self._positions: dict[str, int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.utt_ids)
-
-    def index_of(self, utt_id: str) -> int:
-        if self._positions is None:
-            self._positions = {u: i for i, u in enumerate(self.utt_ids)}
-        try:
-            return self._positions[utt_id]
-        except KeyError:
-            raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
 
     def feats(self, i: int) -> np.ndarray:
         """Features of utterance `i` as float32 [n_mels, frames] (a copy)."""

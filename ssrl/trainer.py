@@ -3,9 +3,10 @@
 The loops themselves (DINO in `train_dino.py`, SSRL and the iterative rounds in
 `train_ssrl.py`) stay short because everything that is not the method lives here.
 
-Determinism: every random draw of a step comes from `step_seed(seed, epoch, step)`, so a run
-resumed from a checkpoint taken at any step boundary replays exactly the same batches,
-crops and augmentations as an uninterrupted run. No RNG state needs saving.
+Determinism: the epoch's order comes from (seed, epoch) and every draw of a step from
+(seed, epoch, step, item) (see `loader.item_rng`), so a run resumed from a checkpoint taken at
+any step boundary replays exactly the same batches, crops and augmentations as an
+uninterrupted run. No RNG state needs saving.
 """
 
 from __future__ import annotations
@@ -70,17 +71,6 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def step_seed(seed: int, epoch: int, step: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, epoch, step])
-
-
-def step_rngs(seed: int, epoch: int, step: int) -> tuple[np.random.Generator, int]:
-    """The numpy generator for a step's data draws and a seed for its torch draws (dropout)."""
-    ss = step_seed(seed, epoch, step)
-    data_ss, torch_ss = ss.spawn(2)
-    return np.random.default_rng(data_ss), int(torch_ss.generate_state(1, np.uint64)[0] >> 1)
 
 
 def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -198,9 +188,13 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise InputError(f"{path}: model file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        model = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path}: cannot load model file ({err})") from None
+    if not isinstance(model, dict) or not {"encoder", "model_cfg", "features_cfg"} <= set(model):
+        raise InputError(f"{path}: not a model file (no encoder weights or model config; "
+                         "a training checkpoint? give the stage's model.pt)")
+    return model
 
 
 def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
