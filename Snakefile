@@ -33,10 +33,11 @@ rule all:
 
 onerror:
     # Under --keep-going one failed job (e.g. a crashing ablation variant) must not hide the
-    # results of the others: write the tables and plots from what finished; every system whose
-    # files are missing becomes a `failed` row. The next run redoes both once all jobs succeed.
+    # results of the others: write the tables and plots from what finished into partial/
+    # subfolders; every system whose files are missing becomes a `failed` row. (Not in the rules'
+    # own output paths: Snakemake would then take them as complete and never redo them.)
     if getattr(workflow.execution_settings, "keep_going", False) and os.path.isdir(f"{R}/eval"):
         report_cfg = json.dumps({"config": config, "variants": VARIANT_DIRS, "systems": SYSTEMS})
         for step in ("tables", "plots"):
             subprocess.run(["python", "-m", "ssrl", step, "--cfg", report_cfg, "--root", R,
-                            "--out-dir", f"{R}/{step}"], check=False)
+                            "--out-dir", f"{R}/{step}/partial"], check=False)

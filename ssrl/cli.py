@@ -33,10 +33,40 @@ def _tracker(cfg: dict, results: Path, out: Path, stage: str, run_name: str,
              variant: str = "main", parent: str | None = None):
     from .tracking import Tracker, resolve_tracking_uri
 
+    if _rank() != 0:  # under torchrun only the main process tracks and writes summaries
+        return _NullTracker()
     uri = resolve_tracking_uri((cfg.get("tracking") or {}).get("uri"), results)
     tags = {"stage": stage, "variant": variant, "dataset": cfg.get("data", {}).get("source", "?")}
     return Tracker(uri, cfg.get("experiment", "ssrl"), run_name, out, tags=tags, params=cfg,
                    parent_run_name=parent)
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+class _NullTracker:
+    """What the non-main `torchrun` processes get instead of an MLflow run."""
+
+    def __enter__(self) -> _NullTracker:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def log_metrics(self, metrics, step: int) -> None:
+        pass
+
+    def log_params(self, params) -> None:
+        pass
+
+    def set_tags(self, tags) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        pass
 
 
 # --- data --------------------------------------------------------------------------------
@@ -193,6 +223,8 @@ def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dic
     from .store import WaveStore
     from .trainer import batches_per_epoch
 
+    if _rank() != 0:
+        return
     n = len(WaveStore(Path(len_train)))
     steps = batches_per_epoch(n, c["batch_size"], c["steps_per_epoch"])
     compute = {"wall_seconds": seconds, "epochs": len(history),

@@ -30,7 +30,9 @@ from .queue import LabelQueue
 from .tracking import Tracker
 from .trainer import (
     Checkpoints,
+    Dist,
     all_gather_cat,
+    all_reduce_mean,
     autocast,
     batches_per_epoch,
     cosine_schedule,
@@ -121,6 +123,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     n_utts, n_classes = len(store), len(centroids)
 
     # Initialisation: encoder from the previous model, classifier rows = cluster prototypes.
+    torch.manual_seed(cfg["seed"])  # the initial weights: the same in every run and process
     encoder = build_encoder({**cfg["model"], "n_mels": cfg["features"]["n_mels"]})
     if warm_start:
         init = load_model_file(init_model)
@@ -133,8 +136,9 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     use_ema = c["ema"] and relabel
     teacher = frozen_copy(student).to(device) if use_ema else None
     if d.world > 1:
-        student = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(
-            student))
+        if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        student = nn.parallel.DistributedDataParallel(student)
     optimizer = torch.optim.Adam(param_groups(student, c["weight_decay"]), lr=0.0,
                                  fused=device.type == "cuda")
 
@@ -154,6 +158,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     ckpt = Checkpoints(out_dir / "checkpoint", d)
     history: list[dict] = []
     epoch0, step0 = 0, 0
+    resumed_losses: list[float] = []
     state = ckpt.load()
     if state is not None:
         unwrap(student).load_state_dict(state["student"])
@@ -167,6 +172,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
         recorded_label, recorded_loss = (state["recorded_label"].numpy(),
                                          state["recorded_loss"].numpy())
         epoch0, step0, history = state["epoch"], state["step"], state["history"]
+        resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
         log.info("resuming at epoch %d step %d", epoch0, step0)
 
     def checkpoint(epoch: int, step: int) -> None:
@@ -176,7 +182,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
         ckpt.save({"student": unwrap(student).state_dict(),
                    "teacher": teacher.state_dict() if teacher is not None else {},
                    "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                   "history": history,
+                   "history": history, "epoch_losses": losses if step else [],
                    **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}})
 
     views = [View("student", 1, c["student_seconds"], augment=True)]
@@ -189,7 +195,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     nlm = c["noisy_label_modeling"] and relabel
 
     for epoch in range(epoch0, epochs):
-        t_epoch, losses = time.time(), []
+        t_epoch, losses = time.time(), (resumed_losses if epoch == epoch0 else [])
         recording = relabel and epoch >= c["record_from_epoch"]
         active_t = torch.from_numpy(active).to(device)
         for step, crops in batches.epoch(epoch, step0 if epoch == epoch0 else 0):
@@ -211,16 +217,16 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
             with autocast(device, cfg["runtime"]["bf16"]):
                 per_utt = student(frontend(crops["student"][0]), y, active_t)
             weights = torch.from_numpy(p_clean[utts]).to(device) if nlm else None
-            loss = weighted_loss(per_utt, weights)
+            loss = weighted_loss(per_utt, weights, d)
             finite_or_raise(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if teacher is not None:
                 ema_update(teacher, unwrap(student), float(momentum_at[it]))
-            losses.append(loss.item())
+            losses.append(all_reduce_mean(loss.detach(), d).item())  # the global batch's loss
             if tracker is not None and it % 10 == 0:
-                tracker.log_metrics({"loss": loss.item(), "lr": float(lr_at[it]),
+                tracker.log_metrics({"loss": losses[-1], "lr": float(lr_at[it]),
                                      "teacher_momentum": float(momentum_at[it])}, step=it)
             if every and (it + 1) % every == 0 and step + 1 < steps:
                 checkpoint(epoch, step + 1)
@@ -260,11 +266,15 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     return history
 
 
-def weighted_loss(per_utt: torch.Tensor, p_clean: torch.Tensor | None) -> torch.Tensor:
-    """Noisy-label modelling: L = Σ p_clean·CE / Σ p_clean; the plain mean when it is off."""
+def weighted_loss(per_utt: torch.Tensor, p_clean: torch.Tensor | None,
+                  d: Dist = Dist()) -> torch.Tensor:
+    """Noisy-label modelling: L = Σ p_clean·CE / Σ p_clean; the plain mean when it is off.
+
+    Under DDP each process divides by the global Σ p_clean / world, so that DDP's average of
+    the processes' gradients is the gradient of L over the whole global batch."""
     if p_clean is None:
         return per_utt.mean()
-    return (p_clean * per_utt).sum() / p_clean.sum().clamp_min(1e-8)
+    return (p_clean * per_utt).sum() / all_reduce_mean(p_clean.sum(), d).clamp_min(1e-8)
 
 
 def refresh_labels(c: dict, epoch: int, queue: LabelQueue, labels: np.ndarray,

@@ -57,3 +57,110 @@ def make_m4a() -> Callable[..., Path]:
         return path
 
     return make
+
+
+# --- end-to-end fixtures (test_workflow.py, test_faults.py, test_ddp.py) ---------------------
+# One smoke workflow run for the whole session, in a temporary copy of the workflow, with the
+# smoke preset shrunk further and one ablation variant that crashes (run with --keep-going).
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config", "envs")
+#: Merged over config/smoke.yaml. The variant `crash` trains on 1 ms student crops, shorter
+#: than one STFT window: its SSRL job fails, the others must not be affected.
+SMOKE_OVERRIDES = """\
+data:
+  builtin: {train_speakers: 4, train_utts_per_speaker: 4, test_speakers: 3,
+            test_utts_per_speaker: 3, noise_files: 3, rir_files: 1}
+dino: {epochs: 1, steps_per_epoch: 1, warmup_epochs: 0}
+cluster: {k: 6}
+ssrl: {epochs: 3, steps_per_epoch: 1, batch_size: 8, eval_every: 0}
+iterative: {epochs: 1}
+ablation:
+  variants:
+    - {name: no_nlm, noisy_label_modeling: false}
+    - {name: crash, student_seconds: 0.001}
+"""
+SMOKE_CRASH = "{name: crash, student_seconds: 0.001}"
+SMOKE_FIXED = "{name: crash, student_seconds: 0.75}"
+
+
+def ssrl_env(**extra: str) -> dict[str, str]:
+    """Environment for `python -m ssrl` / snakemake subprocesses: this venv first on PATH, the
+    repository importable, one thread, and no MLflow server inherited from the caller."""
+    import os
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def copy_workflow(dest: Path) -> Path:
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / name)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    import sys
+
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=ssrl_env(), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+class SmokeRun:
+    """The smoke workflow in `dir`, run twice: `crashed` with the crashing variant and
+    --keep-going, then `fixed` after the variant's value was corrected (a plain run).
+    `after_crash` holds the tables as the first run left them (path under results/smoke)."""
+
+    def __init__(self, dir: Path) -> None:
+        self.dir = dir
+        self.results = dir / "results" / "smoke"
+        self.crashed: subprocess.CompletedProcess | None = None
+        self.fixed: subprocess.CompletedProcess | None = None
+        self.after_crash: dict[str, str] = {}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return snakemake(self.dir, "--cores", "2", "--configfile", "config/smoke.yaml",
+                         "overrides.yaml", *args)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    run = SmokeRun(copy_workflow(tmp_path_factory.mktemp("smoke") / "wf"))
+    (run.dir / "overrides.yaml").write_text(SMOKE_OVERRIDES)
+    run.crashed = run.run("--keep-going")
+    # what the failed run left: tables/*.md only from successful runs, tables/partial/ always
+    run.after_crash = {str(p.relative_to(run.results)): p.read_text()
+                       for p in run.results.glob("tables/**/*.md")}
+    # the user fixes the broken variant and runs again: only that variant is redone
+    (run.dir / "overrides.yaml").write_text(SMOKE_OVERRIDES.replace(SMOKE_CRASH, SMOKE_FIXED))
+    run.fixed = run.run()
+    return run
+
+
+@pytest.fixture(scope="session")
+def full_config() -> Callable[..., dict]:
+    """full_config(overrides=None, base="config/smoke.yaml") -> the validated, default-filled
+    config as the workflow hands it to `python -m ssrl` (config.yaml < base < overrides)."""
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    def make(overrides: dict | None = None, base: str | None = "config/smoke.yaml") -> dict:
+        cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+        for extra in ([yaml.safe_load((REPO / base).read_text())] if base else []) + [
+                yaml.safe_load(SMOKE_OVERRIDES), overrides or {}]:
+            update_config(cfg, copy.deepcopy(extra))
+        validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+        return cfg
+
+    return make

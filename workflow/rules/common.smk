@@ -38,8 +38,9 @@ def variant_name(pattern):
 
 
 def cfg_json(ssrl_overrides=None):
-    """The validated config as one JSON argument (quoted for the shell)."""
-    cfg = json.loads(json.dumps(config))
+    """The validated config as one JSON argument (quoted for the shell). The ablation grid is
+    left out: a job gets its own grid point, and adding a variant must not rerun the others."""
+    cfg = json.loads(json.dumps({k: v for k, v in config.items() if k != "ablation"}))
     if ssrl_overrides:
         cfg["ssrl"].update(
             {k: getattr(v, "item", lambda: v)() for k, v in ssrl_overrides.items() if k != "full"}

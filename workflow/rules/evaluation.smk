@@ -85,6 +85,7 @@ rule tables:
     log:
         f"{LOGS}/tables.log",
     shell:
+        "rm -rf {params.out}/partial && "  # what a failed --keep-going run left
         "python -m ssrl tables --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
         " 2>&1 | tee {log}"
 
@@ -106,6 +107,7 @@ rule plots:
     log:
         f"{LOGS}/plots.log",
     shell:
+        "rm -rf {params.out}/partial && "  # what a failed --keep-going run left
         "python -m ssrl plots --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
         " 2>&1 | tee {log}"
 

@@ -1,0 +1,239 @@
+"""Bad input as the command-line user meets it: `python -m ssrl store|embed ...` exits 2 with
+one line `ssrl <step>: error: <file>[:<line>]: <reason>` and no traceback (the library
+functions behind it are tested in test_kaldi.py and test_store.py)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ssrl.cli import main
+from ssrl.store import WaveStore
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm_handler():
+    """`ssrl.cli.main` installs a SIGTERM handler; give the test process its own back."""
+    saved = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, saved)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    """Run `ssrl <argv>` in this process; (exit status, what it printed to stderr)."""
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def python_m_ssrl(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ssrl", *argv], capture_output=True, text=True,
+                          timeout=120, check=False, env={"OMP_NUM_THREADS": "1",
+                                                         "PATH": "/usr/bin:/bin"})
+
+
+def message_lines(err: str) -> list[str]:
+    """stderr without the progress bar tqdm draws (and clears) while decoding."""
+    return [line for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and "utt/s]" not in line]
+
+
+def store_error(capsys, data: Path, out: Path, *extra: str) -> str:
+    rc, err = cli(capsys, "store", "--data", str(data), "--out", str(out), *extra)
+    assert rc == 2
+    assert not out.exists()
+    lines = message_lines(err)
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path: Path, make_wav) -> Path:
+    """A valid folder: utterances a, b (1 s each) and a trial list."""
+    d = tmp_path / "data"
+    make_wav(d / "a.wav", 1.0, seed=1)
+    make_wav(d / "b.wav", 1.0, seed=2)
+    (d / "wav.scp").write_text("a a.wav\nb b.wav\n")
+    (d / "trials").write_text("a b nontarget\n")
+    return d
+
+
+def add_utt(d: Path, utt: str, file: str) -> Path:
+    with open(d / "wav.scp", "a") as f:
+        f.write(f"{utt} {file}\n")
+    return d / file
+
+
+# --- audio that cannot be used ----------------------------------------------------------------
+def test_corrupt_audio(capsys, data, tmp_path):
+    wav = add_utt(data, "c", "c.wav")
+    wav.write_bytes(b"RIFF\x00\x00\x00\x00garbage, not a wave file")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line.startswith(f"ssrl store: error: {data}/wav.scp:3: {wav}: cannot decode audio (")
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("empty", "empty audio (0 samples)"),
+    ("silent", "silent audio (all samples are zero)"),
+    ("nan", "audio contains NaN or infinite samples"),
+    ("short", "too short (0.250 s < min_seconds 0.5 s)"),
+])
+def test_unusable_audio(capsys, data, tmp_path, kind, reason):
+    wav = add_utt(data, "c", "c.wav")
+    samples = {"empty": np.zeros(0), "silent": np.zeros(16000), "short": np.full(4000, 0.1),
+               "nan": np.where(np.arange(16000) == 99, np.nan, 0.1)}[kind]
+    sf.write(wav, samples.astype(np.float32), 16000, subtype="FLOAT")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == f"ssrl store: error: {data}/wav.scp:3: {wav}: {reason}"
+
+
+def test_min_seconds_is_the_users_threshold(capsys, data, tmp_path):
+    line = store_error(capsys, data, tmp_path / "store", "--min-seconds", "1.5")
+    assert line == (f"ssrl store: error: {data}/wav.scp:1: {data}/a.wav: "
+                    "too short (1.000 s < min_seconds 1.5 s)")
+
+
+def test_missing_audio_file(capsys, data, tmp_path):
+    add_utt(data, "c", "nowhere/c.wav")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == (f"ssrl store: error: {data}/wav.scp:3: audio file not found: "
+                    f"{data}/nowhere/c.wav")
+
+
+# --- folder files that are wrong ------------------------------------------------------------
+def test_duplicate_utterance_id(capsys, data, tmp_path):
+    add_utt(data, "a", "b.wav")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == (f"ssrl store: error: {data}/wav.scp:3: duplicate utterance id 'a' "
+                    "(first on line 1)")
+
+
+def test_bad_wav_scp_line(capsys, data, tmp_path):
+    (data / "wav.scp").write_text("a a.wav\n# a comment\nlonely\nb b.wav\n")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == f"ssrl store: error: {data}/wav.scp:3: expected 2 fields, got 1: 'lonely'"
+
+
+def test_trials_naming_unknown_utterances(capsys, data, tmp_path):
+    (data / "trials_O").write_text("a b target\nb zz nontarget\n")
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == f"ssrl store: error: {data}/trials_O:2: trial names unknown utterance 'zz'"
+
+
+def test_missing_data_folder_and_wav_scp(capsys, tmp_path):
+    line = store_error(capsys, tmp_path / "nope", tmp_path / "store")
+    assert line == f"ssrl store: error: {tmp_path}/nope: data folder not found"
+    (tmp_path / "empty").mkdir()
+    line = store_error(capsys, tmp_path / "empty", tmp_path / "store")
+    assert line == (f"ssrl store: error: {tmp_path}/empty/wav.scp: file not found "
+                    "(every data folder needs a wav.scp)")
+
+
+# --- the real command: exit status, stderr, skip report, resampling logged --------------------
+def test_python_m_ssrl_store_prints_one_line_and_exits_2(data, tmp_path):
+    wav = add_utt(data, "c", "c.wav")
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 16000)
+    out = tmp_path / "store"
+    proc = python_m_ssrl("store", "--data", str(data), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.endswith("\n")
+    assert message_lines(proc.stderr) == [
+        f"ssrl store: error: {data}/wav.scp:3: {wav}: silent audio (all samples are zero)"]
+    assert proc.stdout == ""
+    assert not out.exists() and list(tmp_path.glob(".store.*")) == []
+
+
+def test_skip_counts_bad_utterances_and_resamples_others(data, tmp_path, make_wav):
+    t = np.arange(16000) / 16000
+    tone = (0.4 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    sf.write(add_utt(data, "stereo", "stereo.wav"), np.stack([tone, tone / 2], 1), 16000)
+    make_wav(add_utt(data, "lo", "lo.wav"), 1.0, sr=8000, freq=300)
+    make_wav(add_utt(data, "hi", "hi.wav"), 1.0, sr=48000, freq=300)
+    add_utt(data, "broken", "broken.wav").write_bytes(b"not audio")
+    sf.write(add_utt(data, "quiet", "quiet.wav"), np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(add_utt(data, "short", "short.wav"), tone[:3200], 16000)
+    with open(data / "trials", "a") as f:
+        f.write("a quiet target\nshort b nontarget\nstereo hi target\n")
+    out = tmp_path / "store"
+    proc = python_m_ssrl("store", "--data", str(data), "--out", str(out), "--on-bad", "skip")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{data}/stereo.wav: down-mixed 2 channels to mono" in proc.stderr
+    assert f"{data}/lo.wav: resampled 8000 Hz -> 16000 Hz" in proc.stderr
+    assert f"{data}/hi.wav: resampled 48000 Hz -> 16000 Hz" in proc.stderr
+
+    store = WaveStore(out)
+    assert store.utt_ids == ["a", "b", "stereo", "lo", "hi"]
+    assert store.lengths.tolist() == [16000] * 5
+    np.testing.assert_allclose(store.full(2), 0.75 * tone, atol=1.5 / 32768)
+    for i in (3, 4):  # the 300 Hz tone survives resampling (away from the edges)
+        np.testing.assert_allclose(store.full(i)[500:-500], 0.5 * np.sin(2 * np.pi * 300 * t)
+                                   [500:-500], atol=0.01)
+    report = json.loads((out / "meta.json").read_text())["report"]
+    assert report["n_utts"] == 5 and report["n_skipped"] == 3
+    assert [(s["utt"], s["reason"].split(" (")[0]) for s in report["skipped"]] == [
+        ("broken", "cannot decode audio"), ("quiet", "silent audio"), ("short", "too short")]
+    assert report["skipped"][2]["path"] == f"{data}/short.wav"
+    assert report["n_trials"] == {"trials": 2} and report["trials_dropped"] == {"trials": 2}
+    assert (out / "trials" / "trials").read_text() == "a b nontarget\nstereo hi target\n"
+
+
+# --- model files ------------------------------------------------------------------------------
+def _model_file(path: Path, weights_cfg: dict, claimed_cfg: dict) -> Path:
+    from ssrl.models import build_encoder
+    from ssrl.trainer import save_model_file
+
+    torch.manual_seed(0)
+    encoder = build_encoder({**weights_cfg, "n_mels": 16})
+    save_model_file(path, encoder, claimed_cfg, {"frontend": "logmel", "n_mels": 16})
+    return path
+
+
+TINY = {"preset": "ecapa_tiny", "channels": 16, "embed_dim": 8, "se_channels": 8,
+        "attention_channels": 8}
+
+
+def test_embed_with_a_model_of_another_configuration(capsys, data, tmp_path):
+    # weights of a 16-channel encoder in a file that claims 24 channels
+    model = _model_file(tmp_path / "model.pt", TINY, {**TINY, "channels": 24})
+    out = tmp_path / "emb.npz"
+    rc, err = cli(capsys, "embed", "--model", str(model), "--data", str(data), "--out", str(out))
+    assert rc == 2 and not out.exists()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"ssrl embed: error: {model}: checkpoint does not match the "
+                          "configured model (")
+    assert err.endswith("was it trained with another model config?\n")
+
+
+def test_embed_with_a_training_checkpoint_or_garbage(capsys, data, tmp_path):
+    ckpt = tmp_path / "last.pt"
+    torch.save({"student": {}, "epoch": 1, "step": 0}, ckpt)
+    rc, err = cli(capsys, "embed", "--model", str(ckpt), "--data", str(data),
+                  "--out", str(tmp_path / "emb.npz"))
+    assert rc == 2
+    assert err == (f"ssrl embed: error: {ckpt}: not a model file (no encoder weights or model "
+                   "config; a training checkpoint? give the stage's model.pt)\n")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a torch file")
+    rc, err = cli(capsys, "embed", "--model", str(junk), "--data", str(data),
+                  "--out", str(tmp_path / "emb.npz"))
+    assert rc == 2 and err.startswith(f"ssrl embed: error: {junk}: cannot load model file (")
+    rc, err = cli(capsys, "embed", "--model", str(tmp_path / "none.pt"), "--data", str(data),
+                  "--out", str(tmp_path / "emb.npz"))
+    assert (rc, err) == (2, f"ssrl embed: error: {tmp_path}/none.pt: model file not found\n")
+
+
+def test_embed_of_a_kaldi_folder_works_with_a_matching_model(capsys, data, tmp_path):
+    model = _model_file(tmp_path / "model.pt", TINY, TINY)
+    out = tmp_path / "emb.npz"
+    rc, err = cli(capsys, "embed", "--model", str(model), "--data", str(data), "--out", str(out))
+    assert rc == 0, err
+    with np.load(out) as z:
+        assert z["utt_ids"].tolist() == ["a", "b"] and z["emb"].shape == (2, 8)

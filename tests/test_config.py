@@ -1,0 +1,152 @@
+"""The configuration schema (workflow/schemas/config.schema.yaml): the shipped presets validate,
+mistakes are rejected at start-up naming the key, and config values are never run as code."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from conftest import REPO, copy_workflow, ssrl_env
+from snakemake.utils import update_config
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+PWNED = Path("/tmp/ssrl-test-config-pwned")
+EVIL = f"__import__('os').system('touch {PWNED}')"
+
+
+def merged(*files: str, extra: dict | None = None) -> dict:
+    """config.yaml with preset files merged over it, as `--configfile` does."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for name in files:
+        update_config(cfg, yaml.safe_load((REPO / name).read_text()))
+    update_config(cfg, copy.deepcopy(extra or {}))
+    return cfg
+
+
+def errors(cfg: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(cfg)]
+
+
+@pytest.mark.parametrize("files", [(), ("config/smoke.yaml",), ("config/voxceleb.yaml",)])
+def test_presets_validate(files):
+    assert errors(merged(*files)) == []
+
+
+def test_every_preset_key_is_in_the_schema():
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("trials", "builtin"):
+                out |= keys(v, f"{prefix}{k}.")
+        return out
+
+    def schema_keys(s: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in s.get("properties", {}).items():
+            out.add(prefix + k)
+            out |= schema_keys(v, f"{prefix}{k}.")
+        return out
+
+    known = schema_keys(SCHEMA)
+    for name in ("config.yaml", "config/smoke.yaml", "config/voxceleb.yaml"):
+        assert keys(yaml.safe_load((REPO / name).read_text())) - known == set(), name
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"ssrl": {"epochs": -1}}, "ssrl.epochs: -1 is less than the minimum of 1"),
+    ({"dino": {"batch_size": "big"}}, "dino.batch_size: 'big' is not of type 'integer'"),
+    ({"ssrl": {"queue_lenght": 5}},
+     "ssrl: Additional properties are not allowed ('queue_lenght' was unexpected)"),
+    ({"runtime": {"device": "tpu"}}, "runtime.device: 'tpu' does not match"),
+    ({"ablation": {"variants": [{"ema": False}]}},
+     "ablation.variants.0: 'name' is a required property"),
+    ({"ablation": {"variants": [{"name": "x", "queue_len": 0}]}},
+     "ablation.variants.0.queue_len: 0 is less than the minimum of 1"),
+])
+def test_mistakes_name_the_key(extra, message):
+    found = errors(merged("config/smoke.yaml", extra=extra))
+    assert len(found) == 1 and found[0].startswith(message), found
+
+
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("config") / "wf")
+
+
+def dry_run(wf: Path, *config: str, extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake -n` on the smoke preset, plus `extra` as one more config file and `config`
+    as `--config` entries."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1"]
+    if config:
+        cmd += ["--config", *config]
+    cmd += ["--configfile", "config/smoke.yaml"]
+    if extra is not None:
+        (wf / "extra.yaml").write_text(yaml.safe_dump(extra))
+        cmd.append("extra.yaml")
+    return subprocess.run(cmd, cwd=wf, env=ssrl_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_snakemake_accepts_the_smoke_preset(workflow_copy):
+    proc = dry_run(workflow_copy)
+    assert proc.returncode == 0, proc.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M))
+    assert jobs["dino"] == "1" and jobs["ssrl"] == "2" and jobs["iterative_round"] == "2"
+    assert not (workflow_copy / "results").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("config, extra, expected", [
+    ((), {"ssrl": {"epochs": -3}}, ["-3 is less than the minimum of 1", "'ssrl'", "'epochs'"]),
+    ((), {"dino": {"epochs": "ten"}}, ["'ten' is not of type 'integer'", "'dino'", "'epochs'"]),
+    (("seed=-1",), None, ["-1 is less than the minimum of 0", "'seed'"]),
+    (("seed=zero",), None, ["'zero' is not of type 'integer'", "'seed'"]),
+    (("bogus_key=1",), None,
+     ["Additional properties are not allowed ('bogus_key' was unexpected)"]),
+    ((), {"cluster": {"kk": 8}}, ["Additional properties are not allowed ('kk' was unexpected)",
+                                  "'cluster'"]),
+])
+def test_snakemake_rejects_bad_config(workflow_copy, config, extra, expected):
+    proc = dry_run(workflow_copy, *config, extra=extra)
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "Error validating config file" in out
+    for text in expected:
+        assert text in out, out[-3000:]
+
+
+def test_config_values_are_not_evaluated(workflow_copy, tmp_path, capsys):
+    import json
+    import signal
+
+    from ssrl.cli import main
+
+    PWNED.unlink(missing_ok=True)
+    # a name field: rejected by its pattern before anything runs
+    found = errors(merged("config/smoke.yaml", extra={"experiment": EVIL}))
+    assert found == [f"experiment: {EVIL!r} does not match '^[A-Za-z0-9_.-]+$'"]
+    proc = dry_run(workflow_copy, extra={"experiment": EVIL})
+    assert proc.returncode == 1
+    assert "does not match '^[A-Za-z0-9_.-]+$'" in proc.stdout + proc.stderr
+    # a free-text field holds a path: valid config, read as a (missing) folder when used
+    kaldi = {"data": {"source": "kaldi", "kaldi": {"train": EVIL}}}
+    cfg = merged("config/smoke.yaml", extra=kaldi)
+    assert errors(cfg) == []
+    proc = dry_run(workflow_copy, extra=kaldi)
+    assert proc.returncode == 0, proc.stderr
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        rc = main(["prepare", "--cfg", json.dumps(cfg["data"]), "--out", str(tmp_path / "d")])
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert rc == 2
+    assert capsys.readouterr().err == f"ssrl prepare: error: {EVIL}: data folder not found\n"
+    assert not PWNED.exists()

@@ -1,0 +1,271 @@
+"""Faults a long run meets: a killed training job, the MLflow server going away, a full disk, a
+crashing ablation variant. Training runs use the stores of the shared smoke workflow run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import ssrl_env
+from test_tracking import MlflowServer
+
+from ssrl.io import OutputError, atomic_dir, atomic_path
+from ssrl.tracking import BUFFER_FILE, STATE_FILE, replay_buffer
+
+DEAD_URI = "http://127.0.0.1:9"  # discard port: nothing answers, records are buffered
+
+
+def train_cmd(stage: str, cfg: dict, smoke, out: Path, results: Path) -> list[str]:
+    """`python -m ssrl dino|ssrl ...` as the workflow's rules call it, on the smoke stores."""
+    r = smoke.results
+    cmd = [sys.executable, "-m", "ssrl", stage, "--cfg", json.dumps(cfg), "--results",
+           str(results), "--train", str(r / "store/train"), "--noise", str(r / "store/noise"),
+           "--rir", str(r / "store/rir"), "--out", str(out)]
+    if stage == "ssrl":
+        cmd += ["--init", str(r / "dino/model.pt"),
+                "--labels", str(r / "cluster/dino_k6/labels.npz"), "--variant", "full"]
+    return cmd
+
+
+def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env=ssrl_env(**{"MLFLOW_TRACKING_URI": DEAD_URI, **env}))
+
+
+def finish(proc: subprocess.Popen, log: Path) -> None:
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def kill_mid_epoch(proc: subprocess.Popen, ckpt: Path, log: Path,
+                   min_epoch: int) -> tuple[int, int]:
+    """SIGKILL `proc` as soon as it has checkpointed inside an epoch >= min_epoch."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{log.read_text()[-3000:]}")
+        if ckpt.exists():
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):  # replaced while we read it
+                state = None
+            if state and state["step"] > 0 and state["epoch"] >= min_epoch:
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=30) == -signal.SIGKILL
+                return state["epoch"], state["step"]
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no mid-epoch checkpoint appeared")
+
+
+def encoder_of(model: Path) -> dict[str, torch.Tensor]:
+    return torch.load(model, map_location="cpu", weights_only=True)["encoder"]
+
+
+def assert_same_encoder(a: Path, b: Path) -> None:
+    ea, eb = encoder_of(a), encoder_of(b)
+    assert list(ea) == list(eb)
+    different = [k for k in ea if not torch.equal(ea[k], eb[k])]
+    assert different == []
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# --- a training job killed with SIGKILL resumes to the same result ----------------------------
+@pytest.mark.parametrize("stage", ["dino", "ssrl"])
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, full_config,
+                                                           tmp_path):
+    cfg = full_config({"runtime": {"checkpoint_every_steps": 1, "device": "cpu"},
+                       "dino": {"epochs": 2, "steps_per_epoch": 3},
+                       "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8,
+                                "hold_epochs": 1, "record_from_epoch": 1}})
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref_proc = start(train_cmd(stage, cfg, smoke_run, ref, tmp_path), tmp_path / "ref.log")
+    proc = start(train_cmd(stage, cfg, smoke_run, cut, tmp_path), tmp_path / "cut.log")
+    # SSRL: killed inside an epoch where the teacher records labels (per-utterance state)
+    epoch, step = kill_mid_epoch(proc, cut / "checkpoint" / "last.pt", tmp_path / "cut.log",
+                                 min_epoch=1 if stage == "ssrl" else 0)
+    assert not (cut / "model.pt").exists()
+    finish(start(train_cmd(stage, cfg, smoke_run, cut, tmp_path), tmp_path / "resume.log"),
+           tmp_path / "resume.log")
+    finish(ref_proc, tmp_path / "ref.log")
+
+    assert f"resuming {'DINO ' if stage == 'dino' else ''}at epoch {epoch} step {step}" in (
+        tmp_path / "resume.log").read_text()
+    assert_same_encoder(ref / "model.pt", cut / "model.pt")
+    history = [json.loads((d / "history.json").read_text()) for d in (ref, cut)]
+    assert without_seconds(history[0]) == without_seconds(history[1])
+    assert len(history[0]) == (2 if stage == "dino" else 3)
+    if stage == "ssrl":
+        with np.load(ref / "labels.npz") as a, np.load(cut / "labels.npz") as b:
+            assert np.array_equal(a["labels"], b["labels"])
+            assert np.array_equal(a["centroids"], b["centroids"])
+    # the tracking records of both sessions are kept for one run (the server is down); the
+    # killed session never ended it
+    ops = Counter(json.loads(line)["op"] for line in (cut / BUFFER_FILE).read_text().splitlines())
+    assert ops["end"] == 1
+
+
+# --- the MLflow server: over HTTP, and gone during training -----------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("server"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_training_over_http_and_through_a_server_outage(server, smoke_run, full_config,
+                                                        tmp_path, monkeypatch):
+    cfg = full_config({"experiment": "faults", "runtime": {"device": "cpu"},
+                       "dino": {"epochs": 2, "steps_per_epoch": 1}})
+    server.start()
+    up, down = tmp_path / "up", tmp_path / "down"
+    proc = start(train_cmd("dino", cfg, smoke_run, up, tmp_path), tmp_path / "up.log",
+                 MLFLOW_TRACKING_URI=server.uri)
+    finish(proc, tmp_path / "up.log")
+    assert not (up / BUFFER_FILE).exists()
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", server.uri)
+        runs = mlflow.search_runs(experiment_names=["faults"])
+    assert list(runs["tags.mlflow.runName"]) == ["dino"]
+    assert list(runs["status"]) == ["FINISHED"]
+    assert runs.iloc[0]["params.dino.epochs"] == "2"
+    client = mlflow.MlflowClient(server.uri)
+    up_id = json.loads((up / STATE_FILE).read_text())["run_id"]
+    assert up_id == runs.iloc[0]["run_id"]
+    assert [m.step for m in client.get_metric_history(up_id, "epoch_loss")] == [0, 1]
+
+    server.stop()
+    proc = start(train_cmd("dino", cfg, smoke_run, down, tmp_path), tmp_path / "down.log",
+                 MLFLOW_TRACKING_URI=server.uri)
+    finish(proc, tmp_path / "down.log")  # training does not care that the server is gone
+    assert (down / "model.pt").is_file()
+    assert f"{down / BUFFER_FILE}" in (tmp_path / "down.log").read_text()
+    ops = [json.loads(line)["op"] for line in (down / BUFFER_FILE).read_text().splitlines()]
+    assert ops[0] == "tags" and ops[-1] == "end" and "params" in ops and "metrics" in ops
+
+    server.start()
+    assert replay_buffer(down)
+    assert not (down / BUFFER_FILE).exists()
+    down_id = json.loads((down / STATE_FILE).read_text())["run_id"]
+    run = client.get_run(down_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "dino"
+    assert run.data.params["dino.steps_per_epoch"] == "1"
+    assert run.data.tags["stage"] == "dino"
+    losses = [row["loss"] for row in json.loads((down / "history.json").read_text())]
+    assert [(m.step, m.value) for m in client.get_metric_history(down_id, "epoch_loss")] == [
+        (0, pytest.approx(losses[0])), (1, pytest.approx(losses[1]))]
+    assert run.data.metrics["epochs"] == 2.0
+    experiment = client.get_experiment_by_name("faults").experiment_id
+    assert len(client.search_runs([experiment])) == 2
+
+
+# --- disk full, unwritable output -------------------------------------------------------------
+def test_disk_full_on_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "table.txt"
+    target.parent.mkdir()
+    target.write_text("old\n")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputError) as err, atomic_path(target) as tmp:
+        tmp.write_text("new\n")
+    assert str(err.value) == (f"{target}: could not write output (No space left on device); "
+                              "nothing was kept")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.txt"]
+
+    store = tmp_path / "out" / "store"
+    with pytest.raises(OutputError, match="No space left on device"), atomic_dir(store) as d:
+        (d / "shard.bin").write_bytes(b"x" * 100)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.txt"]
+
+
+def test_disk_full_while_writing(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(OutputError) as err, atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(err.value).startswith(f"{target}: could not write output (No space left")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_unwritable_place(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OutputError) as err, atomic_path(blocker / "x.json"):
+        pytest.fail("must not get a temporary path")
+    assert str(err.value).startswith(f"{blocker / 'x.json'}: could not write output (")
+
+
+def test_cli_store_into_an_unwritable_place(tmp_path, make_wav):
+    data = tmp_path / "data"
+    make_wav(data / "a.wav", 1.0)
+    (data / "wav.scp").write_text("a a.wav\n")
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be\n")
+    out = blocker / "store" / "train"
+    proc = subprocess.run([sys.executable, "-m", "ssrl", "store", "--data", str(data),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          env=ssrl_env(), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"ssrl store: error: {out}: could not write output (Not a directory); nothing was kept"]
+    assert blocker.read_text() == "a file where the results folder should be\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "results"]
+
+
+# --- a crashing ablation variant (the shared smoke run, with --keep-going) ---------------------
+def test_crashing_variant_does_not_stop_the_others(smoke_run):
+    crashed = smoke_run.crashed
+    assert crashed.returncode == 1
+    log = crashed.stdout + crashed.stderr
+    assert "Error in rule ssrl:" in log
+    assert log.count("Error in rule") == 1
+    crash_log = (smoke_run.dir / "logs" / "smoke"
+                 / "ssrl_noisy_label_modeling~True_student_seconds~0.001.log")
+    assert "Padding size should be less than the corresponding input dimension" in (
+        crash_log.read_text())
+    assert not (smoke_run.results / "ssrl/noisy_label_modeling~True_student_seconds~0.001"
+                / "model.pt").exists()
+    # --keep-going: everything else finished, and the tables say which one failed
+    assert sorted(smoke_run.after_crash) == ["tables/partial/ablation.md",
+                                             "tables/partial/main.md"]
+    ablation = smoke_run.after_crash["tables/partial/ablation.md"]
+    status = {line.split("|")[1].strip(): line.rstrip(" |").rsplit("|", 1)[-1].strip()
+              for line in ablation.splitlines() if line.startswith("| ") and "variant" not in line}
+    assert status == {"full": "ok", "no_nlm": "ok", "crash": "failed"}
+    main = smoke_run.after_crash["tables/partial/main.md"]
+    assert "| SSRL |" in main and "failed" not in main
+
+
+def test_rerun_after_fixing_the_variant_redoes_only_that_variant(smoke_run):
+    fixed = smoke_run.fixed
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    log = fixed.stdout + fixed.stderr
+    rules = Counter(line.split()[-1].rstrip(":") for line in log.splitlines()
+                    if line.startswith(("rule ", "localrule ")))
+    assert rules == {"ssrl": 1, "embed_test": 1, "score": 1, "tables": 1, "plots": 1, "all": 1}
+    assert "wildcards: noisy_label_modeling=True, student_seconds=0.75" in log
+    ablation = (smoke_run.results / "tables" / "ablation.md").read_text()
+    assert "failed" not in ablation and "| crash | True | 0.8 |" in ablation
+    assert not (smoke_run.results / "tables" / "partial").exists()
+    assert not (smoke_run.results / "plots" / "partial").exists()
