@@ -37,10 +37,16 @@ def variant_name(pattern):
     return {v: k for k, v in VARIANT_DIRS.items()}[pattern]
 
 
-def cfg_json(ssrl_overrides=None):
-    """The validated config as one JSON argument (quoted for the shell). The ablation grid is
-    left out: a job gets its own grid point, and adding a variant must not rerun the others."""
-    cfg = json.loads(json.dumps({k: v for k, v in config.items() if k != "ablation"}))
+SHARED_SECTIONS = ("experiment", "seed", "features", "model", "augment", "runtime", "tracking")
+
+
+def cfg_json(*stages, ssrl_overrides=None):
+    """The config a job reads, as one JSON argument: the shared sections plus its stages'.
+    Being the job's params, a change re-runs exactly the jobs that read it (and MLflow logs
+    it as the run's params); `data.source` goes along as the run's dataset tag."""
+    cfg = {key: config[key] for key in SHARED_SECTIONS + stages}
+    cfg = json.loads(json.dumps(cfg))
+    cfg["data"] = {"source": config["data"]["source"]}
     if ssrl_overrides:
         cfg["ssrl"].update(
             {k: getattr(v, "item", lambda: v)() for k, v in ssrl_overrides.items() if k != "full"}

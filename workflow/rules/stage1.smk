@@ -10,7 +10,7 @@ rule dino:
     output:
         f"{R}/dino/model.pt",
     params:
-        cfg=lambda w: cfg_json(),
+        cfg=lambda w: cfg_json("dino"),
         out=lambda w, output: os.path.dirname(output[0]),
         launch=launcher(),
         results=lambda w: config["results_dir"],
@@ -38,7 +38,7 @@ rule cluster:
         source=r"dino|round\d+",
         k=r"\d+",
     params:
-        cfg=lambda w: cfg_json(),
+        cfg=lambda w: cfg_json("cluster"),
         out=lambda w, output: os.path.dirname(output.labels),
     threads: config["runtime"]["threads"]
     log:

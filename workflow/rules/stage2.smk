@@ -14,7 +14,7 @@ rule ssrl:
     output:
         f"{R}/ssrl/{paramspace.wildcard_pattern}/model.pt",
     params:
-        cfg=lambda w: cfg_json(paramspace.instance(w)),
+        cfg=lambda w: cfg_json("ssrl", ssrl_overrides=paramspace.instance(w)),
         out=lambda w, output: os.path.dirname(output[0]),
         name=lambda w: variant_name(paramspace.wildcard_pattern.format(**w)),
         launch=launcher(),
@@ -45,7 +45,7 @@ rule iterative_round:
     wildcard_constraints:
         r=r"\d+",
     params:
-        cfg=lambda w: cfg_json(),
+        cfg=lambda w: cfg_json("ssrl", "iterative"),
         out=lambda w, output: os.path.dirname(output[0]),
         launch=launcher(),
         results=lambda w: config["results_dir"],
