@@ -104,15 +104,12 @@ def test_snakemake_accepts_the_smoke_preset(workflow_copy):
     assert not (workflow_copy / "results").exists()  # a dry run writes nothing
 
 
+# Each snakemake start costs seconds: the full list of mistakes is checked against the schema
+# directly above; these two show that the workflow itself stops on them.
 @pytest.mark.parametrize("config, extra, expected", [
     ((), {"ssrl": {"epochs": -3}}, ["-3 is less than the minimum of 1", "'ssrl'", "'epochs'"]),
-    ((), {"dino": {"epochs": "ten"}}, ["'ten' is not of type 'integer'", "'dino'", "'epochs'"]),
-    (("seed=-1",), None, ["-1 is less than the minimum of 0", "'seed'"]),
-    (("seed=zero",), None, ["'zero' is not of type 'integer'", "'seed'"]),
     (("bogus_key=1",), None,
      ["Additional properties are not allowed ('bogus_key' was unexpected)"]),
-    ((), {"cluster": {"kk": 8}}, ["Additional properties are not allowed ('kk' was unexpected)",
-                                  "'cluster'"]),
 ])
 def test_snakemake_rejects_bad_config(workflow_copy, config, extra, expected):
     proc = dry_run(workflow_copy, *config, extra=extra)
