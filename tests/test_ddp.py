@@ -115,7 +115,9 @@ def test_two_processes_match_one_over_the_same_global_batches(runs):
     assert worst < 1e-3
     h2, h1 = (json.loads((d / "history.json").read_text()) for d in (two, one))
     assert [r["n_clusters"] for r in h2] == [r["n_clusters"] for r in h1]
-    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-3)
+    # The logged loss is computed with each process's half-batch BatchNorm statistics in
+    # training mode, so it differs more than the weights do (measured: up to 7 % here).
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=0.1)
 
 
 def test_only_rank_0_writes_outputs_and_tracks(runs):
