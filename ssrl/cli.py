@@ -165,14 +165,16 @@ def cmd_cluster(a: argparse.Namespace) -> None:
     from .trainer import init_runtime, load_model_file, load_state_checked
 
     cfg, out = _cfg(a.cfg), Path(a.out)
-    device, _ = init_runtime(cfg["runtime"])
+    device, d = init_runtime(cfg["runtime"])
     model = load_model_file(a.model)
     encoder = build_encoder({**model["model_cfg"], "n_mels": model["features_cfg"]["n_mels"]})
     load_state_checked(encoder, model["encoder"], a.model)
     f = model["features_cfg"]
     frontend = Frontend(f["frontend"], n_mels=f["n_mels"]).to(device)
     store = WaveStore(Path(a.train))
-    emb = embed_waves(encoder.to(device), frontend, store, device, progress=True)
+    emb = embed_waves(encoder.to(device), frontend, store, device, progress=True, d=d)
+    if not d.main:  # under torchrun the others helped embed; one process clusters and writes
+        return
     emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
     c = cfg["cluster"]
     result = kmeans(emb, a.k, max_iter=c["max_iter"], tol=c["tol"], seed=cfg["seed"])
@@ -261,18 +263,19 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from .score import save_embeddings
     from .trainer import init_runtime
 
-    device, _ = init_runtime({"device": a.device, "threads": a.threads})
+    device, d = init_runtime({"device": a.device, "threads": a.threads})
     encoder, frontend = _load_encoder(a.model, device)
     with torch.no_grad():
         if a.feats:
             from .store import FeatStore
 
             store = FeatStore(Path(a.feats))
-            emb = embed_feats(encoder, store, device, progress=True)
+            emb = embed_feats(encoder, store, device, progress=True, d=d)
         else:
             store = _wave_source(Path(a.data))
-            emb = embed_waves(encoder, frontend, store, device, progress=True)
-    save_embeddings(a.out, list(store.utt_ids), emb)
+            emb = embed_waves(encoder, frontend, store, device, progress=True, d=d)
+    if d.main:
+        save_embeddings(a.out, list(store.utt_ids), emb)
 
 
 def _wave_source(path: Path):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .kaldi import read_trials
 from .score import cosine_scores
-from .trainer import autocast
+from .trainer import Dist, autocast
 from .verification import evaluate
 
 
@@ -44,41 +44,47 @@ def length_batches(lengths: np.ndarray, max_trim: float = 0.03,
 def embed_batches(encoder: nn.Module, lengths: np.ndarray,
                   load: Callable[[np.ndarray, int], torch.Tensor], device: torch.device,
                   max_trim: float = 0.03, max_total: int = 16000 * 1200,
-                  progress: bool = False) -> np.ndarray:
-    """Embeddings `[N, D]` (float32); `load(indices, n)` returns the group's inputs cut to n."""
+                  progress: bool = False, d: Dist = Dist()) -> np.ndarray:
+    """Embeddings `[N, D]` (float32); `load(indices, n)` returns the group's inputs cut to n.
+    Under `torchrun` each process embeds every world-th group and all of them are gathered."""
     was_training = encoder.training
     encoder.eval()
-    out: np.ndarray | None = None
-    groups = length_batches(lengths, max_trim, max_total)
+    done: list[tuple[np.ndarray, np.ndarray]] = []
+    groups = length_batches(lengths, max_trim, max_total)[d.rank::d.world]  # this process's share
     for group in tqdm(groups, desc="embed", disable=not progress, unit="batch"):
         n = int(lengths[group].min())
         with autocast(device):
-            emb = encoder(load(group, n).to(device)).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(lengths), emb.shape[1]), dtype=np.float32)
-        out[group] = emb
+            done.append((group, encoder(load(group, n).to(device)).float().cpu().numpy()))
     encoder.train(was_training)
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    if d.world > 1:  # every process ends up with every embedding
+        shares: list = [None] * d.world
+        torch.distributed.all_gather_object(shares, done)
+        done = [item for share in shares for item in share]
+    if not done:
+        return np.zeros((0, 0), dtype=np.float32)
+    out = np.zeros((len(lengths), done[0][1].shape[1]), dtype=np.float32)
+    for group, emb in done:
+        out[group] = emb
+    return out
 
 
 def embed_waves(encoder: nn.Module, frontend: nn.Module, store, device: torch.device,
-                max_trim: float = 0.03, progress: bool = False) -> np.ndarray:
+                max_trim: float = 0.03, progress: bool = False, d: Dist = Dist()) -> np.ndarray:
     """Embed every utterance of a wave store; features computed on `device`."""
     def load(group: np.ndarray, n: int) -> torch.Tensor:
         waves = np.stack([store.full(int(i))[:n] for i in group])
         return frontend(torch.from_numpy(waves).to(device))
-    return embed_batches(encoder, store.lengths, load, device, max_trim,
-                         progress=progress)
+    return embed_batches(encoder, store.lengths, load, device, max_trim, progress=progress, d=d)
 
 
 def embed_feats(encoder: nn.Module, feats, device: torch.device, max_trim: float = 0.03,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, d: Dist = Dist()) -> np.ndarray:
     """Embed every utterance of a precomputed log-mel store (evaluation sets)."""
     def load(group: np.ndarray, n: int) -> torch.Tensor:
         return torch.from_numpy(np.stack([feats.feats(int(i))[:, :n] for i in group]))
     lengths = np.asarray(feats.n_frames)
     return embed_batches(encoder, lengths, load, device, max_trim, max_total=100 * 1200,
-                         progress=progress)
+                         progress=progress, d=d)
 
 
 def evaluate_embeddings(utt_ids: list[str], emb: np.ndarray, trials: dict[str, Path],

@@ -34,6 +34,7 @@ from .trainer import (
     frozen_copy,
     init_runtime,
     linear_schedule,
+    maybe_compile,
     param_groups,
     save_model_file,
     set_lr,
@@ -96,6 +97,7 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     # statistics its outputs barely differ between utterances early on, the centred targets
     # turn uniform, and training collapses (measured on the built-in corpus).
     teacher = frozen_copy(student).to(device).train()
+    maybe_compile(cfg["runtime"], student.encoder, teacher.encoder)
     if d.world > 1:
         if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)

@@ -43,6 +43,7 @@ from .trainer import (
     linear_schedule,
     load_model_file,
     load_state_checked,
+    maybe_compile,
     param_groups,
     save_model_file,
     set_lr,
@@ -135,6 +136,7 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     student.to(device)
     use_ema = c["ema"] and relabel
     teacher = frozen_copy(student).to(device) if use_ema else None
+    maybe_compile(cfg["runtime"], student.encoder, *([teacher.encoder] if teacher else []))
     if d.world > 1:
         if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)

@@ -66,6 +66,13 @@ def init_runtime(runtime: dict) -> tuple[torch.device, Dist]:
     return device, dist_info
 
 
+def maybe_compile(runtime: dict, *encoders: nn.Module) -> None:
+    """`torch.compile` the encoders in place (state-dict keys unchanged) when configured."""
+    if runtime.get("compile"):
+        for encoder in encoders:
+            encoder.compile()
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; plain fp32 on CPU (CPU bf16 is slower there and not needed)."""
     if device.type == "cuda" and enabled:

@@ -40,9 +40,12 @@ rule cluster:
     params:
         cfg=lambda w: cfg_json("cluster"),
         out=lambda w, output: os.path.dirname(output.labels),
+        launch=launcher(),
     threads: config["runtime"]["threads"]
+    resources:
+        **train_resources(),
     log:
         f"{LOGS}/cluster_{{source}}_k{{k}}.log",
     shell:
-        "python -m ssrl cluster --cfg '{params.cfg}' --model {input.model} --train {input.train}"
+        "{params.launch} cluster --cfg '{params.cfg}' --model {input.model} --train {input.train}"
         " --k {wildcards.k} --out {params.out} 2>&1 | tee {log}"
