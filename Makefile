@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CONFIG ?= config.yaml
+CONFIG ?=
+CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test venv lint lock report clean-results
@@ -20,10 +21,10 @@ $(STAMP): envs/requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 run: venv
-	$(BIN)/snakemake --cores all --configfile $(CONFIG)
+	$(BIN)/snakemake --cores all $(CONFIGFILE)
 
 report: venv
-	$(BIN)/snakemake --cores all --configfile $(CONFIG) --report results/report.html
+	$(BIN)/snakemake --cores all $(CONFIGFILE) --report results/report.html
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: venv

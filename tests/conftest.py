@@ -107,11 +107,12 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def snakemake(cwd: Path, *args: str, timeout: float = 600,
+              **env: str) -> subprocess.CompletedProcess:
     import sys
 
     cmd = [str(Path(sys.executable).parent / "snakemake"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=ssrl_env(), capture_output=True, text=True,
+    return subprocess.run(cmd, cwd=cwd, env=ssrl_env(**env), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import ssrl_env
+from conftest import snakemake, ssrl_env
 from test_tracking import MlflowServer
 
 from ssrl.io import OutputError, atomic_dir, atomic_path
@@ -173,6 +173,25 @@ def test_training_over_http_and_through_a_server_outage(server, smoke_run, full_
     assert run.data.metrics["epochs"] == 2.0
     experiment = client.get_experiment_by_name("faults").experiment_id
     assert len(client.search_runs([experiment])) == 2
+
+
+def test_workflow_job_tracks_to_the_server_over_http(server, smoke_run):
+    """A job of the smoke workflow itself, run by Snakemake with MLFLOW_TRACKING_URI pointing
+    at the live server: its run arrives over HTTP with params, tags and metrics."""
+    server.start()
+    proc = snakemake(smoke_run.dir, "results/smoke/dino/model.pt", "--forcerun", "dino",
+                     "--cores", "2", "--configfile", "config/smoke.yaml", "overrides.yaml",
+                     MLFLOW_TRACKING_URI=server.uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs] == ["dino"]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "dino"
+    assert run.data.params["dino.epochs"] == "1" and run.data.metrics["epochs"] == 1.0
+    assert json.loads((smoke_run.results / "dino" / STATE_FILE).read_text())["tracking_uri"] == (
+        server.uri)
 
 
 # --- disk full, unwritable output -------------------------------------------------------------
