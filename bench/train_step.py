@@ -203,7 +203,7 @@ class DINOStep:
         encoder = build_encoder({**s.model, "n_mels": 80})
         head = DINOHead(encoder.embed_dim, s.dino_out, s.dino_hidden, s.dino_bottleneck)
         self.student = DINOModel(encoder, head).to(device)
-        self.teacher = frozen_copy(self.student).to(device)
+        self.teacher = frozen_copy(self.student).to(device).train()  # batch-statistics BN
         if compile_:
             self.student.encoder.compile()
             self.teacher.encoder.compile()

@@ -165,3 +165,17 @@ def full_config() -> Callable[..., dict]:
         return cfg
 
     return make
+
+
+def tiny_corpus(root: Path, sets: tuple[str, ...] = ("train", "test", "noise", "rir"),
+                **spec: float) -> Path:
+    """A small built-in corpus under root/data with wave stores under root/store."""
+    from ssrl.kaldi import read_kaldi_dir
+    from ssrl.store import build_wave_store
+    from ssrl.synth import CorpusSpec, generate_corpus
+
+    generate_corpus(root / "data", CorpusSpec(**spec))
+    for name in sets:
+        build_wave_store(read_kaldi_dir(root / "data" / name), root / "store" / name,
+                         min_seconds=0.0, progress=False)
+    return root / "store"

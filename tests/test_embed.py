@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_corpus
 
 from ssrl.embed import length_batches
-from ssrl.kaldi import read_kaldi_dir
 from ssrl.models import build_encoder
 from ssrl.score import load_embeddings
-from ssrl.store import build_wave_store
-from ssrl.synth import CorpusSpec, generate_corpus
 from ssrl.trainer import save_model_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +33,9 @@ def test_length_batches_trim_at_most_max_trim_and_cover_everything():
 @pytest.fixture(scope="module")
 def model_and_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
-    spec = CorpusSpec(train_speakers=3, train_utts_per_speaker=4, sessions_per_speaker=2,
-                      test_speakers=2, test_utts_per_speaker=2, min_dur=1.0, max_dur=2.5,
-                      noise_files=3, rir_files=1, seed=5)
-    generate_corpus(root / "data", spec)
-    build_wave_store(read_kaldi_dir(root / "data" / "train"), root / "store", progress=False)
+    tiny_corpus(root, ("train",), train_speakers=3, train_utts_per_speaker=4,
+                sessions_per_speaker=2, test_speakers=2, test_utts_per_speaker=2, min_dur=1.0,
+                max_dur=2.5, noise_files=3, rir_files=1, seed=5)
     torch.manual_seed(0)
     cfg = {"preset": "ecapa_tiny", "channels": 16, "embed_dim": 8, "se_channels": 8,
            "attention_channels": 8}
@@ -51,7 +47,7 @@ def model_and_store(tmp_path_factory):
 def _embed(root: Path, out: Path, processes: int) -> tuple[list[str], np.ndarray]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "ssrl", "embed", "--model", str(root / "model.pt"),
-           "--data", str(root / "store"), "--out", str(out)]
+           "--data", str(root / "store" / "train"), "--out", str(out)]
     if processes > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={processes}", *cmd[1:]]

@@ -8,14 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_corpus
 from torch import nn
 
 from ssrl.config import load_config
 from ssrl.heads import AAMSoftmax
-from ssrl.kaldi import read_kaldi_dir
 from ssrl.queue import LabelQueue
-from ssrl.store import WaveStore, build_wave_store
-from ssrl.synth import CorpusSpec, generate_corpus
+from ssrl.store import WaveStore
 from ssrl.train_dino import dino_loss, train_dino, updated_center
 from ssrl.train_ssrl import (
     SpeakerClassifier,
@@ -176,13 +175,9 @@ def test_emptied_cluster_is_removed_for_good_and_masked():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    spec = CorpusSpec(train_speakers=4, train_utts_per_speaker=4, sessions_per_speaker=2,
-                      test_speakers=2, test_utts_per_speaker=3, min_dur=1.0, max_dur=2.0,
-                      noise_files=3, rir_files=2, seed=3)
-    generate_corpus(root / "data", spec)
-    for name in ("train", "test", "noise", "rir"):
-        build_wave_store(read_kaldi_dir(root / "data" / name), root / "store" / name,
-                         min_seconds=0.0, progress=False)
+    tiny_corpus(root, train_speakers=4, train_utts_per_speaker=4, sessions_per_speaker=2,
+                test_speakers=2, test_utts_per_speaker=3, min_dur=1.0, max_dur=2.0,
+                noise_files=3, rir_files=2, seed=3)
     cfg = load_config(overrides={
         "experiment": "tiny",
         "dino": {"epochs": 4, "steps_per_epoch": 3, "batch_size": 8, "global_seconds": 1.0,
