@@ -175,11 +175,15 @@ def test_training_over_http_and_through_a_server_outage(server, smoke_run, full_
     assert len(client.search_runs([experiment])) == 2
 
 
-def test_workflow_job_tracks_to_the_server_over_http(server, smoke_run):
+def test_workflow_job_tracks_to_the_server_over_http(server, smoke_run, tmp_path):
     """A job of the smoke workflow itself, run by Snakemake with MLFLOW_TRACKING_URI pointing
-    at the live server: its run arrives over HTTP with params, tags and metrics."""
+    at the live server: its run arrives over HTTP with params, tags and metrics. (In a copy of
+    the shared smoke run: forcing DINO again would leave its downstream outdated there.)"""
+    import shutil
+
+    workdir = shutil.copytree(smoke_run.dir, tmp_path / "wf")
     server.start()
-    proc = snakemake(smoke_run.dir, "results/smoke/dino/model.pt", "--forcerun", "dino",
+    proc = snakemake(workdir, "results/smoke/dino/model.pt", "--forcerun", "dino",
                      "--cores", "2", "--configfile", "config/smoke.yaml", "overrides.yaml",
                      MLFLOW_TRACKING_URI=server.uri)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -190,8 +194,8 @@ def test_workflow_job_tracks_to_the_server_over_http(server, smoke_run):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "dino"
     assert run.data.params["dino.epochs"] == "1" and run.data.metrics["epochs"] == 1.0
-    assert json.loads((smoke_run.results / "dino" / STATE_FILE).read_text())["tracking_uri"] == (
-        server.uri)
+    state = json.loads((workdir / "results" / "smoke" / "dino" / STATE_FILE).read_text())
+    assert state["tracking_uri"] == server.uri
 
 
 # --- disk full, unwritable output -------------------------------------------------------------
