@@ -35,7 +35,7 @@ from ssrl.heads import DINOHead  # noqa: E402
 from ssrl.models import build_encoder, count_parameters  # noqa: E402
 from ssrl.train_dino import DINOModel, dino_loss, updated_center  # noqa: E402
 from ssrl.train_ssrl import SpeakerClassifier, teacher_relabel  # noqa: E402
-from ssrl.trainer import autocast, ema_update, frozen_copy, param_groups  # noqa: E402
+from ssrl.trainer import autocast, ema_update, frozen_copy, maybe_compile, param_groups  # noqa: E402
 
 SR = 16000
 PHASES = ("data", "teacher", "student", "optim", "ema")
@@ -130,20 +130,26 @@ class Sizes:
     dino_bottleneck: int
 
 
+def _student_teacher(s: Sizes, device: torch.device, compile_: bool, seed: int,
+                     wrap) -> tuple[Frontend, torch.nn.Module, torch.nn.Module]:
+    """Front end, student `wrap(encoder)` and its frozen EMA copy, as the training loops build
+    them (seeded; encoders compiled when asked)."""
+    torch.manual_seed(seed)
+    frontend = Frontend("logmel", n_mels=80).to(device)
+    student = wrap(build_encoder({**s.model, "n_mels": 80})).to(device)
+    teacher = frozen_copy(student).to(device)
+    maybe_compile({"compile": compile_}, student.encoder, teacher.encoder)
+    return frontend, student, teacher
+
+
 class SSRLStep:
     """Student, EMA teacher, Adam, AAM-softmax over K classes: one step of `train_ssrl`."""
 
     def __init__(self, s: Sizes, device: torch.device, optimised: bool, compile_: bool,
                  seed: int = 0):
-        torch.manual_seed(seed)
         self.s, self.device, self.optimised = s, device, optimised
-        self.frontend = Frontend("logmel", n_mels=80).to(device)
-        encoder = build_encoder({**s.model, "n_mels": 80})
-        self.student = SpeakerClassifier(encoder, s.classes, 32.0, 0.2).to(device)
-        self.teacher = frozen_copy(self.student).to(device)
-        if compile_:
-            self.student.encoder.compile()
-            self.teacher.encoder.compile()
+        self.frontend, self.student, self.teacher = _student_teacher(
+            s, device, compile_, seed, lambda enc: SpeakerClassifier(enc, s.classes, 32.0, 0.2))
         self.optimizer = torch.optim.Adam(param_groups(self.student, 5e-5), lr=5e-4,
                                           fused=device.type == "cuda")
         self.active = torch.ones(s.classes, dtype=torch.bool, device=device)
@@ -197,16 +203,11 @@ class DINOStep:
 
     def __init__(self, s: Sizes, device: torch.device, optimised: bool, compile_: bool,
                  seed: int = 0):
-        torch.manual_seed(seed)
         self.s, self.device, self.optimised = s, device, optimised
-        self.frontend = Frontend("logmel", n_mels=80).to(device)
-        encoder = build_encoder({**s.model, "n_mels": 80})
-        head = DINOHead(encoder.embed_dim, s.dino_out, s.dino_hidden, s.dino_bottleneck)
-        self.student = DINOModel(encoder, head).to(device)
-        self.teacher = frozen_copy(self.student).to(device).train()  # batch-statistics BN
-        if compile_:
-            self.student.encoder.compile()
-            self.teacher.encoder.compile()
+        self.frontend, self.student, self.teacher = _student_teacher(
+            s, device, compile_, seed, lambda enc: DINOModel(
+                enc, DINOHead(enc.embed_dim, s.dino_out, s.dino_hidden, s.dino_bottleneck)))
+        self.teacher.train()  # DINO's teacher BatchNorm uses batch statistics, as in training
         self.optimizer = torch.optim.SGD(param_groups(self.student, 5e-5), lr=0.01,
                                          momentum=0.9)
         self.center = torch.zeros(1, s.dino_out, device=device)

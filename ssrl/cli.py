@@ -202,7 +202,7 @@ def cmd_ssrl(a: argparse.Namespace) -> None:
         t0 = time.time()
         history = train_ssrl(cfg, Path(a.train), _opt(a.noise), _opt(a.rir), Path(a.init),
                              Path(a.labels), out, _opt(a.test), tracker)
-        _log_compute(tracker, out, history, time.time() - t0, cfg["ssrl"], len_train=a.train)
+        _log_compute(tracker, out, history, time.time() - t0, cfg["ssrl"], a.train)
 
 
 def cmd_round(a: argparse.Namespace) -> None:
@@ -217,17 +217,17 @@ def cmd_round(a: argparse.Namespace) -> None:
         history = train_ssrl(cfg, Path(a.train), _opt(a.noise), _opt(a.rir), Path(a.init),
                              Path(a.labels), out, _opt(a.test), tracker, relabel=False,
                              epochs=it["epochs"], warm_start=it["init"] == "warm")
-        _log_compute(tracker, out, history, time.time() - t0, cfg["ssrl"], len_train=a.train)
+        _log_compute(tracker, out, history, time.time() - t0, cfg["ssrl"], a.train)
 
 
 def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dict,
-                 len_train: str) -> None:
+                 train_store: str) -> None:
     from .store import WaveStore
     from .trainer import batches_per_epoch
 
     if _rank() != 0:
         return
-    n = len(WaveStore(Path(len_train)))
+    n = len(WaveStore(Path(train_store)))
     steps = batches_per_epoch(n, c["batch_size"], c["steps_per_epoch"])
     compute = {"wall_seconds": seconds, "epochs": len(history),
                "utterance_passes": len(history) * steps * c["batch_size"] / n}

@@ -195,6 +195,8 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
                           cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"])
     every = cfg["runtime"]["checkpoint_every_steps"]
     nlm = c["noisy_label_modeling"] and relabel
+    result = teacher if teacher is not None else unwrap(student)  # the model this stage yields
+    test = open_store(test_store) if test_store is not None and d.main else None
 
     for epoch in range(epoch0, epochs):
         t_epoch, losses = time.time(), (resumed_losses if epoch == epoch0 else [])
@@ -244,11 +246,9 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
             recorded_label[:] = -1
             recorded_loss[:] = np.nan
         row.update(label_diagnostics(labels, active, p_clean, store.spk))
-        final_model = teacher if teacher is not None else unwrap(student)
-        if test_store is not None and c["eval_every"] and (
-                (epoch + 1) % c["eval_every"] == 0 or epoch + 1 == epochs) and d.main:
-            row.update(evaluate_store(final_model.encoder, frontend, open_store(test_store),
-                                      device))
+        if test is not None and c["eval_every"] and (
+                (epoch + 1) % c["eval_every"] == 0 or epoch + 1 == epochs):
+            row.update(evaluate_store(result.encoder, frontend, test, device))
         row["seconds"] = time.time() - t_epoch
         history.append(row)
         log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()
@@ -259,12 +259,11 @@ def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
         checkpoint(epoch + 1, 0)
 
     if d.main:
-        final_model = teacher if teacher is not None else unwrap(student)
-        save_model_file(out_dir / "model.pt", final_model.encoder, cfg["model"], cfg["features"],
+        save_model_file(out_dir / "model.pt", result.encoder, cfg["model"], cfg["features"],
                         {"stage": "ssrl" if relabel else "iterative"})
         write_json(out_dir / "history.json", history)
         save_npz(out_dir / "labels.npz", utt_ids=np.array(store.utt_ids), labels=labels,
-                 centroids=unwrap(final_model).classifier.weight.detach().cpu().numpy())
+                 centroids=result.classifier.weight.detach().cpu().numpy())
     return history
 
 
