@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.cluster import _gpu_available, cluster_quality, kmeans  # noqa: E402
+from ssrl.training.clustering import _gpu_available, cluster_quality, kmeans  # noqa: E402
 
 
 def synthetic(n: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,13 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.augment import ArraySource, Augmenter, random_crop  # noqa: E402
-from ssrl.frontend import Frontend  # noqa: E402
-from ssrl.heads import DINOHead  # noqa: E402
-from ssrl.models import build_encoder, count_parameters  # noqa: E402
-from ssrl.train_dino import DINOModel, dino_loss, updated_center  # noqa: E402
-from ssrl.train_ssrl import SpeakerClassifier, teacher_relabel  # noqa: E402
-from ssrl.trainer import autocast, ema_update, frozen_copy, maybe_compile, param_groups  # noqa: E402
+from ssrl.data.augment import ArraySource, Augmenter, random_crop  # noqa: E402
+from ssrl.models.frontend import Frontend  # noqa: E402
+from ssrl.models.heads import DINOHead  # noqa: E402
+from ssrl.models.encoders import build_encoder, count_parameters  # noqa: E402
+from ssrl.training.dino import DINOModel, dino_loss, updated_center  # noqa: E402
+from ssrl.training.ssrl import SpeakerClassifier, teacher_relabel  # noqa: E402
+from ssrl.training.runtime import autocast, ema_update, frozen_copy, maybe_compile, param_groups  # noqa: E402
 
 SR = 16000
 PHASES = ("data", "teacher", "student", "optim", "ema")

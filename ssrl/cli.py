@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, OutputError, save_npz, write_json, write_table
+from ssrl.files import InputError, OutputError, save_npz, write_json, write_table
 
 log = logging.getLogger("ssrl")
 
@@ -31,7 +31,7 @@ def _cfg(text: str) -> dict:
 
 def _tracker(cfg: dict, results: Path, out: Path, stage: str, run_name: str,
              variant: str = "main", parent: str | None = None):
-    from .tracking import Tracker, resolve_tracking_uri
+    from ssrl.tracking.mlflow_run import Tracker, resolve_tracking_uri
 
     if _rank() != 0:  # under torchrun only the main process tracks and writes summaries
         return _NullTracker()
@@ -73,13 +73,13 @@ class _NullTracker:
 
 def cmd_prepare(a: argparse.Namespace) -> None:
     """Kaldi-style folders train/ test/ noise/ rir/ from the configured source."""
-    from . import prepare
-    from .io import atomic_dir
+    from ssrl.data import prepare
+    from ssrl.files import atomic_dir
 
     data = _cfg(a.cfg)
     out = Path(a.out)
     if data["source"] == "builtin":
-        from .synth import CorpusSpec, generate_corpus
+        from ssrl.data.synth import CorpusSpec, generate_corpus
 
         generate_corpus(out, CorpusSpec.from_dict(data["builtin"]))
         return
@@ -110,8 +110,8 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_store(a: argparse.Namespace) -> None:
-    from .kaldi import read_kaldi_dir
-    from .store import build_wave_store
+    from ssrl.data.kaldi import read_kaldi_dir
+    from ssrl.data.stores import build_wave_store
 
     report = build_wave_store(read_kaldi_dir(Path(a.data)), Path(a.out), on_bad=a.on_bad,
                               min_seconds=a.min_seconds)
@@ -119,8 +119,8 @@ def cmd_store(a: argparse.Namespace) -> None:
 
 
 def cmd_feats(a: argparse.Namespace) -> None:
-    from .frontend import Frontend
-    from .store import WaveStore, build_feat_store
+    from ssrl.models.frontend import Frontend
+    from ssrl.data.stores import WaveStore, build_feat_store
 
     f = _cfg(a.cfg)
     frontend = Frontend(f["frontend"], n_mels=f["n_mels"])
@@ -130,9 +130,9 @@ def cmd_feats(a: argparse.Namespace) -> None:
 
 def cmd_baseline(a: argparse.Namespace) -> None:
     """The crude reference: utterance-mean MFCC + cosine on the test trials."""
-    from .baseline import mfcc_mean_scores
-    from .kaldi import read_kaldi_dir
-    from .verification import evaluate
+    from ssrl.evaluation.baseline import mfcc_mean_scores
+    from ssrl.data.kaldi import read_kaldi_dir
+    from ssrl.evaluation.metrics import evaluate
 
     lists = read_kaldi_dir(Path(a.data), check_files=False).trials
     if not lists:
@@ -145,7 +145,7 @@ def cmd_baseline(a: argparse.Namespace) -> None:
 # --- training ------------------------------------------------------------------------------
 
 def cmd_dino(a: argparse.Namespace) -> None:
-    from .train_dino import train_dino
+    from ssrl.training.dino import train_dino
 
     cfg, out = _cfg(a.cfg), Path(a.out)
     with _tracker(cfg, Path(a.results), out, "dino", "dino") as tracker:
@@ -157,12 +157,12 @@ def cmd_dino(a: argparse.Namespace) -> None:
 
 def cmd_cluster(a: argparse.Namespace) -> None:
     """Embed the training set with a model, k-means it, and score the pseudo labels."""
-    from .cluster import cluster_quality, kmeans
-    from .embed import embed_waves
-    from .frontend import Frontend
-    from .models import build_encoder
-    from .store import WaveStore
-    from .trainer import init_runtime, load_model_file, load_state_checked
+    from ssrl.training.clustering import cluster_quality, kmeans
+    from ssrl.evaluation.embed import embed_waves
+    from ssrl.models.frontend import Frontend
+    from ssrl.models.encoders import build_encoder
+    from ssrl.data.stores import WaveStore
+    from ssrl.training.runtime import init_runtime, load_model_file, load_state_checked
 
     cfg, out = _cfg(a.cfg), Path(a.out)
     device, d = init_runtime(cfg["runtime"])
@@ -193,7 +193,7 @@ def cmd_cluster(a: argparse.Namespace) -> None:
 
 
 def cmd_ssrl(a: argparse.Namespace) -> None:
-    from .train_ssrl import train_ssrl
+    from ssrl.training.ssrl import train_ssrl
 
     cfg, out = _cfg(a.cfg), Path(a.out)
     parent = f"ablation-{cfg['experiment']}" if a.variant != "main" else None
@@ -207,7 +207,7 @@ def cmd_ssrl(a: argparse.Namespace) -> None:
 
 def cmd_round(a: argparse.Namespace) -> None:
     """One round of the iterative baseline: AAM training on fixed k-means labels."""
-    from .train_ssrl import train_ssrl
+    from ssrl.training.ssrl import train_ssrl
 
     cfg, out = _cfg(a.cfg), Path(a.out)
     it = cfg["iterative"]
@@ -222,8 +222,8 @@ def cmd_round(a: argparse.Namespace) -> None:
 
 def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dict,
                  train_store: str) -> None:
-    from .store import WaveStore
-    from .trainer import batches_per_epoch
+    from ssrl.data.stores import WaveStore
+    from ssrl.training.runtime import batches_per_epoch
 
     if _rank() != 0:
         return
@@ -235,7 +235,7 @@ def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dic
     tracker.log_metrics(compute, step=0)
     tracker.log_artifact(out / "history.json")
     if any("n_clusters" in row for row in history):  # the cluster-count / NMI trajectory
-        from .report import plot_history
+        from ssrl.report.tables import plot_history
 
         plot_history(history, out / "trajectory.png", title=out.name)
         tracker.log_artifact(out / "trajectory.png")
@@ -244,9 +244,9 @@ def _log_compute(tracker, out: Path, history: list[dict], seconds: float, c: dic
 # --- evaluation ----------------------------------------------------------------------------
 
 def _load_encoder(path: str, device):
-    from .frontend import Frontend
-    from .models import build_encoder
-    from .trainer import load_model_file, load_state_checked
+    from ssrl.models.frontend import Frontend
+    from ssrl.models.encoders import build_encoder
+    from ssrl.training.runtime import load_model_file, load_state_checked
 
     model = load_model_file(path)
     f = model["features_cfg"]
@@ -259,15 +259,15 @@ def cmd_embed(a: argparse.Namespace) -> None:
     """Embeddings of a wave store, a feature store, or any Kaldi folder / wav.scp."""
     import torch
 
-    from .embed import embed_feats, embed_waves
-    from .score import save_embeddings
-    from .trainer import init_runtime
+    from ssrl.evaluation.embed import embed_feats, embed_waves
+    from ssrl.evaluation.scoring import save_embeddings
+    from ssrl.training.runtime import init_runtime
 
     device, d = init_runtime({"device": a.device, "threads": a.threads})
     encoder, frontend = _load_encoder(a.model, device)
     with torch.no_grad():
         if a.feats:
-            from .store import FeatStore
+            from ssrl.data.stores import FeatStore
 
             store = FeatStore(Path(a.feats))
             emb = embed_feats(encoder, store, device, progress=True, d=d)
@@ -280,8 +280,8 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
 def _wave_source(path: Path):
     """A wave store folder as it is, or a Kaldi folder / wav.scp read into memory."""
-    from .kaldi import load_audio, read_kaldi_dir
-    from .store import WaveStore
+    from ssrl.data.kaldi import load_audio, read_kaldi_dir
+    from ssrl.data.stores import WaveStore
 
     if (path / "index.npz").exists():
         return WaveStore(path)
@@ -301,15 +301,15 @@ class _MemoryWaves:
 
 def cmd_score(a: argparse.Namespace) -> None:
     """Score trial lists with cosine (optionally mean-subtracted or AS-normed) + metrics."""
-    from .kaldi import read_trials
-    from .score import (
+    from ssrl.data.kaldi import read_trials
+    from ssrl.evaluation.scoring import (
         as_norm_scores,
         cohort_from_clusters,
         cosine_scores,
         load_embeddings,
         write_scores,
     )
-    from .verification import evaluate
+    from ssrl.evaluation.metrics import evaluate
 
     ids, emb = load_embeddings(a.embeddings)
     mean = cohort = None
@@ -326,7 +326,7 @@ def cmd_score(a: argparse.Namespace) -> None:
             cohort = cohort_from_clusters(tr_emb - mean, labels)
     lists: dict[str, Path] = {}
     if a.test_dir:
-        from .kaldi import read_kaldi_dir
+        from ssrl.data.kaldi import read_kaldi_dir
 
         lists.update(read_kaldi_dir(Path(a.test_dir), check_files=False).trials)
     for spec in a.trials or []:
@@ -352,19 +352,19 @@ def cmd_score(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .export import export_encoder
+    from ssrl.models.export import export_encoder
 
     export_encoder(Path(a.model), Path(a.out_dir))
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
-    from .report import write_tables
+    from ssrl.report.tables import write_tables
 
     write_tables(_cfg(a.cfg), Path(a.root), Path(a.out_dir))
 
 
 def cmd_plots(a: argparse.Namespace) -> None:
-    from .report import write_plots
+    from ssrl.report.tables import write_plots
 
     write_plots(_cfg(a.cfg), Path(a.root), Path(a.out_dir))
 

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .io import InputError
+from ssrl.files import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -170,9 +170,9 @@ def full_config() -> Callable[..., dict]:
 def tiny_corpus(root: Path, sets: tuple[str, ...] = ("train", "test", "noise", "rir"),
                 **spec: float) -> Path:
     """A small built-in corpus under root/data with wave stores under root/store."""
-    from ssrl.kaldi import read_kaldi_dir
-    from ssrl.store import build_wave_store
-    from ssrl.synth import CorpusSpec, generate_corpus
+    from ssrl.data.kaldi import read_kaldi_dir
+    from ssrl.data.stores import build_wave_store
+    from ssrl.data.synth import CorpusSpec, generate_corpus
 
     generate_corpus(root / "data", CorpusSpec(**spec))
     for name in sets:

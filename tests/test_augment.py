@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssrl.augment import ArraySource, Augmenter, AugPlan, prepare_rir, random_crop
+from ssrl.data.augment import ArraySource, Augmenter, AugPlan, prepare_rir, random_crop
 
 T = 1600
 

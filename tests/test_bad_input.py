@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from ssrl.cli import main
-from ssrl.store import WaveStore
+from ssrl.data.stores import WaveStore
 
 
 @pytest.fixture(autouse=True)
@@ -187,8 +187,8 @@ def test_skip_counts_bad_utterances_and_resamples_others(data, tmp_path, make_wa
 
 # --- model files ------------------------------------------------------------------------------
 def _model_file(path: Path, weights_cfg: dict, claimed_cfg: dict) -> Path:
-    from ssrl.models import build_encoder
-    from ssrl.trainer import save_model_file
+    from ssrl.models.encoders import build_encoder
+    from ssrl.training.runtime import save_model_file
 
     torch.manual_seed(0)
     encoder = build_encoder({**weights_cfg, "n_mels": 16})

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import roc_curve
 
-from ssrl.baseline import mean_mfcc, mfcc_mean_scores
-from ssrl.io import InputError, read_table, write_table
-from ssrl.synth import CorpusSpec, generate_corpus
+from ssrl.evaluation.baseline import mean_mfcc, mfcc_mean_scores
+from ssrl.files import InputError, read_table, write_table
+from ssrl.data.synth import CorpusSpec, generate_corpus
 
 
 def test_scores_follow_trials_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ssrl.cluster import (
+from ssrl.training.clustering import (
     _reseed_empty,
     _torch_nearest,
     assign,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-import ssrl.trainer
+import ssrl.training.runtime
 from ssrl.cli import main
 
-_save = ssrl.trainer.Checkpoints.save
+_save = ssrl.training.runtime.Checkpoints.save
 
 
 def save_every_rank(self, state):
@@ -36,7 +36,7 @@ def save_every_rank(self, state):
     _save(self, state)
 
 
-ssrl.trainer.Checkpoints.save = save_every_rank
+ssrl.training.runtime.Checkpoints.save = save_every_rank
 sys.exit(main(sys.argv[2:]))
 """
 PER_UTT = ("labels", "p_clean", "active", "recorded_label", "recorded_loss")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import tiny_corpus
 
-from ssrl.embed import length_batches
-from ssrl.models import build_encoder
-from ssrl.score import load_embeddings
-from ssrl.trainer import save_model_file
+from ssrl.evaluation.embed import length_batches
+from ssrl.models.encoders import build_encoder
+from ssrl.evaluation.scoring import load_embeddings
+from ssrl.training.runtime import save_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ssrl.export import export_encoder
-from ssrl.io import InputError
-from ssrl.models import build_encoder
-from ssrl.trainer import save_model_file
+from ssrl.models.export import export_encoder
+from ssrl.files import InputError
+from ssrl.models.encoders import build_encoder
+from ssrl.training.runtime import save_model_file
 
 FEATURES = {"frontend": "logmel", "n_mels": 24}
 
@@ -67,7 +67,7 @@ def test_missing_model_file_is_input_error(tmp_path: Path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_disagreeing_export_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A runtime that computes something else must fail the export, not pass silently."""
-    import ssrl.export as export
+    import ssrl.models.export as export
 
     _model_file(tmp_path / "model.pt", {"preset": "ecapa_tiny"})
 

@@ -20,8 +20,8 @@ import torch
 from conftest import snakemake, ssrl_env
 from test_tracking import MlflowServer
 
-from ssrl.io import OutputError, atomic_dir, atomic_path
-from ssrl.tracking import BUFFER_FILE, STATE_FILE, replay_buffer
+from ssrl.files import OutputError, atomic_dir, atomic_path
+from ssrl.tracking.mlflow_run import BUFFER_FILE, STATE_FILE, replay_buffer
 
 DEAD_URI = "http://127.0.0.1:9"  # discard port: nothing answers, records are buffered
 

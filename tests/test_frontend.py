@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchaudio
 
-from ssrl.frontend import Frontend, mel_filterbank
+from ssrl.models.frontend import Frontend, mel_filterbank
 
 
 def _waves(batch: int = 3, n: int = 16000, seed: int = 0) -> torch.Tensor:

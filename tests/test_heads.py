@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ssrl.heads import AAMSoftmax, DINOHead
+from ssrl.models.heads import AAMSoftmax, DINOHead
 
 
 def _aam(margin: float) -> AAMSoftmax:

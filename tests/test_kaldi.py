@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ssrl.io import InputError
-from ssrl.kaldi import AudioError, load_audio, read_kaldi_dir, read_trials
+from ssrl.files import InputError
+from ssrl.data.kaldi import AudioError, load_audio, read_kaldi_dir, read_trials
 
 
 def write(path: Path, text: str) -> Path:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssrl.models import PRESETS, build_encoder, count_parameters, resolve_config
+from ssrl.models.encoders import PRESETS, build_encoder, count_parameters, resolve_config
 
 # Exact counts (BatchNorm affine weights included, running statistics are buffers).
 # ECAPA c1024/512 is the SSRL encoder ("about 22.7 M"); c1024/192 would be 20,767,936 and

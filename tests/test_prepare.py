@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssrl.io import InputError
-from ssrl.kaldi import load_audio, read_kaldi_dir, read_trials
-from ssrl.prepare import (
+from ssrl.files import InputError
+from ssrl.data.kaldi import load_audio, read_kaldi_dir, read_trials
+from ssrl.data.prepare import (
     empty_dir,
     prepare_kaldi,
     prepare_musan,
@@ -17,7 +17,7 @@ from ssrl.prepare import (
     prepare_trials,
     prepare_voxceleb,
 )
-from ssrl.store import WaveStore, build_wave_store
+from ssrl.data.stores import WaveStore, build_wave_store
 
 VOX1 = [f"{spk}/{video}/{n}.wav" for spk in ("id10001", "id10002")
         for video in ("1zcIwhmdeo4", "7gWzIy6yIIk") for n in ("00001", "00002")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssrl.queue import LabelQueue
+from ssrl.training.label_queue import LabelQueue
 
 
 def test_seeded_with_half_queue_of_initial_labels():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssrl.report import parse_grid_dir, plot_history, write_plots, write_tables
+from ssrl.report.tables import parse_grid_dir, plot_history, write_plots, write_tables
 
 K = 8
 VARIANTS = {

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ssrl.io import InputError, save_npz
-from ssrl.score import (
+from ssrl.files import InputError, save_npz
+from ssrl.evaluation.scoring import (
     as_norm_scores,
     cohort_from_clusters,
     cosine_scores,

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import ssrl.store
-from ssrl.io import InputError
-from ssrl.kaldi import read_kaldi_dir
-from ssrl.store import FeatStore, WaveStore, build_feat_store, build_wave_store
+import ssrl.data.stores
+from ssrl.files import InputError
+from ssrl.data.kaldi import read_kaldi_dir
+from ssrl.data.stores import FeatStore, WaveStore, build_feat_store, build_wave_store
 
 LENGTHS = {"u1": 0.75, "u2": 1.0, "u3": 0.5, "u4": 1.25}  # seconds
 
@@ -123,7 +123,7 @@ def test_missing_or_corrupt_index(data_dir: Path, tmp_path: Path) -> None:
 def test_failure_mid_build_leaves_nothing(data_dir: Path, tmp_path: Path,
                                           monkeypatch) -> None:
     calls = []
-    real = ssrl.store.load_audio
+    real = ssrl.data.stores.load_audio
 
     def flaky(path, sample_rate=16000):
         calls.append(path)
@@ -131,7 +131,7 @@ def test_failure_mid_build_leaves_nothing(data_dir: Path, tmp_path: Path,
             raise RuntimeError("disk on fire")
         return real(path, sample_rate)
 
-    monkeypatch.setattr(ssrl.store, "load_audio", flaky)
+    monkeypatch.setattr(ssrl.data.stores, "load_audio", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_wave_store(read_kaldi_dir(data_dir), tmp_path / "out" / "store", progress=False)
     assert list((tmp_path / "out").iterdir()) == []

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ssrl import synth
-from ssrl.io import InputError, read_json, read_map, read_table
-from ssrl.synth import CorpusSpec, generate_corpus
+from ssrl.data import synth
+from ssrl.files import InputError, read_json, read_map, read_table
+from ssrl.data.synth import CorpusSpec, generate_corpus
 
 SMALL = dict(train_speakers=3, train_utts_per_speaker=4, sessions_per_speaker=2,
              test_speakers=4, test_utts_per_speaker=4, min_dur=1.0, max_dur=2.0,

@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from ssrl.tracking import (
+from ssrl.tracking.mlflow_run import (
     BUFFER_FILE,
     STATE_FILE,
     Tracker,

@@ -12,18 +12,18 @@ from conftest import tiny_corpus
 from torch import nn
 
 from ssrl.config import load_config
-from ssrl.heads import AAMSoftmax
-from ssrl.queue import LabelQueue
-from ssrl.store import WaveStore
-from ssrl.train_dino import dino_loss, train_dino, updated_center
-from ssrl.train_ssrl import (
+from ssrl.models.heads import AAMSoftmax
+from ssrl.training.label_queue import LabelQueue
+from ssrl.data.stores import WaveStore
+from ssrl.training.dino import dino_loss, train_dino, updated_center
+from ssrl.training.ssrl import (
     SpeakerClassifier,
     lr_schedule,
     refresh_labels,
     train_ssrl,
     weighted_loss,
 )
-from ssrl.trainer import cosine_schedule, ema_update, frozen_copy, linear_schedule
+from ssrl.training.runtime import cosine_schedule, ema_update, frozen_copy, linear_schedule
 
 # --- DINO -----------------------------------------------------------------------------------
 

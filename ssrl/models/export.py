@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_path, write_json
-from .models import build_encoder
-from .trainer import load_model_file, load_state_checked
+from ssrl.files import atomic_path, write_json
+from ssrl.models.encoders import build_encoder
+from ssrl.training.runtime import load_model_file, load_state_checked
 
 log = logging.getLogger("ssrl.export")
 

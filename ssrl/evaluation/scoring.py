@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ssrl.io import InputError, save_npz, write_text
+from ssrl.files import InputError, save_npz, write_text
 
 _CHUNK = 4096  # trials per block: 2 x 8 MiB at 512-d stays in cache (2x faster than 64k)
 

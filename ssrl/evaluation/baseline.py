@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 from scipy.fft import dct
 
-from ssrl.io import InputError, read_map, read_table
+from ssrl.files import InputError, read_map, read_table
 
 SAMPLE_RATE = 16000
 N_FFT = 512

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import Augmenter, AugPlan
-from .store import WaveStore
-from .trainer import Dist, epoch_order, step_indices
+from ssrl.data.augment import Augmenter, AugPlan
+from ssrl.data.stores import WaveStore
+from ssrl.training.runtime import Dist, epoch_order, step_indices
 
 SAMPLE_RATE = 16000
 

@@ -12,8 +12,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ssrl.io import InputError, atomic_dir, write_table
-from ssrl.kaldi import UTT_MAPS, read_kaldi_dir, read_trials, trial_rows
+from ssrl.files import InputError, atomic_dir, write_table
+from ssrl.data.kaldi import UTT_MAPS, read_kaldi_dir, read_trials, trial_rows
 
 VOX_SUFFIXES = (".wav", ".flac", ".m4a")  # preference order when one utterance has several
 MUSAN_CATEGORIES = ("music", "noise", "speech")

@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cluster import cluster_quality, sinkhorn
-from .embed import evaluate_store
-from .frontend import Frontend
-from .heads import AAMSoftmax
-from .io import InputError, save_npz, write_json
-from .loader import CropBatches, View, augmenter_from_config, open_store
-from .models import build_encoder
-from .nlm import clean_detection_rates, clean_posterior
-from .queue import LabelQueue
-from .tracking import Tracker
-from .trainer import (
+from ssrl.training.clustering import cluster_quality, sinkhorn
+from ssrl.evaluation.embed import evaluate_store
+from ssrl.models.frontend import Frontend
+from ssrl.models.heads import AAMSoftmax
+from ssrl.files import InputError, save_npz, write_json
+from ssrl.data.loader import CropBatches, View, augmenter_from_config, open_store
+from ssrl.models.encoders import build_encoder
+from ssrl.training.noisy_labels import clean_detection_rates, clean_posterior
+from ssrl.training.label_queue import LabelQueue
+from ssrl.tracking.mlflow_run import Tracker
+from ssrl.training.runtime import (
     Checkpoints,
     Dist,
     all_gather_cat,

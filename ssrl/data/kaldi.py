@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from ssrl.io import InputError, read_table
+from ssrl.files import InputError, read_table
 
 log = logging.getLogger("ssrl.data")
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssrl.io import InputError, atomic_dir, read_json, save_npz, write_json, write_table
-from ssrl.kaldi import AudioError, KaldiDir, load_audio, read_trials, trial_rows
+from ssrl.files import InputError, atomic_dir, read_json, save_npz, write_json, write_table
+from ssrl.data.kaldi import AudioError, KaldiDir, load_audio, read_trials, trial_rows
 
 SAMPLE_RATE = 16000
 INT16_SCALE = 32768.0

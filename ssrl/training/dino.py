@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .frontend import Frontend
-from .heads import DINOHead
-from .io import write_json
-from .loader import CropBatches, View, augmenter_from_config, open_store
-from .models import build_encoder
-from .tracking import Tracker
-from .trainer import (
+from ssrl.models.frontend import Frontend
+from ssrl.models.heads import DINOHead
+from ssrl.files import write_json
+from ssrl.data.loader import CropBatches, View, augmenter_from_config, open_store
+from ssrl.models.encoders import build_encoder
+from ssrl.tracking.mlflow_run import Tracker
+from ssrl.training.runtime import (
     Checkpoints,
     Dist,
     autocast,

@@ -21,7 +21,7 @@ import os
 import numpy as np
 from scipy.stats import norm
 
-from ssrl.io import atomic_path
+from ssrl.files import atomic_path
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

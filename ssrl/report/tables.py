@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_path, write_text
+from ssrl.files import atomic_path, write_text
 
 # EER (%) on VoxCeleb1-O / E / H cleaned of systems trained on VoxCeleb2-dev without labels,
 # quoted from /work/shared/SSRL-NOTES.md, "Numbers from other systems". Not measured here;
@@ -416,7 +416,7 @@ def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
     fig.suptitle("SSRL trajectories")
     _save(fig, out_dir / "trajectories.png")
 
-    from .verification import plot_det
+    from ssrl.evaluation.metrics import plot_det
 
     curves = {}
     candidates = [("DINO", "dino")]

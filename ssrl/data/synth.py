@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
 
-from ssrl.io import InputError, atomic_dir, write_json, write_table
+from ssrl.files import InputError, atomic_dir, write_json, write_table
 
 SAMPLE_RATE = 16000
 #: Bumped whenever the generator's output changes for the same spec.

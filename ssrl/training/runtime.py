@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .io import InputError, atomic_path
+from ssrl.files import InputError, atomic_path
 
 log = logging.getLogger("ssrl.train")
 

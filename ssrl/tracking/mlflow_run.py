@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ssrl.io import atomic_path, read_json, write_json
+from ssrl.files import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .kaldi import read_trials
-from .score import cosine_scores
-from .trainer import Dist, autocast
-from .verification import evaluate
+from ssrl.data.kaldi import read_trials
+from ssrl.evaluation.scoring import cosine_scores
+from ssrl.training.runtime import Dist, autocast
+from ssrl.evaluation.metrics import evaluate
 
 
 def length_batches(lengths: np.ndarray, max_trim: float = 0.03,
