@@ -2,9 +2,11 @@
 #   snakemake --cores all                                  default experiment (built-in corpus)
 #   snakemake --cores all --configfile config/smoke.yaml   the whole DAG in about two minutes
 #   snakemake --cores all --configfile config/voxceleb.yaml   the paper's recipe
-# Stages: data -> wave stores -> DINO -> k-means -> SSRL (+ ablation grid) and the iterative
-# baseline -> embeddings -> scores -> tables, plots, report. Each rule calls `python -m ssrl`.
+# Stages: data -> wave stores -> DINO -> k-means -> SSRL (+ ablation grid), the iterative
+# baseline and the supervised topline -> embeddings -> scores with intervals -> tables, plots,
+# report. Each rule calls `python -m ssrl`; common.smk owns the layout.
 import subprocess
+import tempfile
 
 from snakemake.utils import min_version
 
@@ -15,6 +17,7 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/jobs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/stage2.smk"
@@ -25,6 +28,7 @@ rule all:
     input:
         f"{R}/tables/main.md",
         f"{R}/tables/ablation.md",
+        f"{R}/plots/dynamics.png",
         f"{R}/plots/trajectories.png",
         f"{R}/plots/det.png",
         f"{R}/export/encoder.onnx",
@@ -37,7 +41,9 @@ onerror:
     # subfolders; every system whose files are missing becomes a `failed` row. (Not in the rules'
     # own output paths: Snakemake would then take them as complete and never redo them.)
     if getattr(workflow.execution_settings, "keep_going", False) and os.path.isdir(f"{R}/eval"):
-        report_cfg = json.dumps({"config": config, "variants": VARIANT_DIRS, "systems": SYSTEMS})
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(JOBS["report"], f)
         for step in ("tables", "plots"):
-            subprocess.run(["python", "-m", "ssrl", step, "--cfg", report_cfg, "--root", R,
+            subprocess.run(["python", "-m", "ssrl", step, "--job", f.name, "--root", R,
                             "--out-dir", f"{R}/{step}/partial"], check=False)
+        os.unlink(f.name)

@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssrl.data.augment import ArraySource, Augmenter  # noqa: E402
-from ssrl.models.frontend import Frontend  # noqa: E402
 from ssrl.data.kaldi import read_kaldi_dir  # noqa: E402
 from ssrl.data.loader import CropBatches, View  # noqa: E402
 from ssrl.data.stores import WaveStore, build_wave_store  # noqa: E402
+from ssrl.models.frontend import Frontend  # noqa: E402
 from ssrl.training.runtime import Dist  # noqa: E402
 
 SR = 16000

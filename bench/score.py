@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.evaluation.scoring import cosine_scores  # noqa: E402
 from ssrl.evaluation.metrics import evaluate  # noqa: E402
+from ssrl.evaluation.scoring import cosine_scores  # noqa: E402
 
 
 def naive_scores(utt_ids: list[str], emb: np.ndarray, enroll: list[str],

@@ -69,3 +69,101 @@ def load_config(*paths: str | Path, overrides: dict | None = None) -> dict[str, 
         except yaml.YAMLError as err:
             raise InputError(f"{path}: invalid YAML ({err})") from None
     return validate(merge(cfg, overrides or {}))
+
+
+# --- relations the schema cannot express: checked when the workflow starts --------------------
+
+#: The ablation grid's row for the method as configured; no variant may take this name.
+FULL = "full"
+#: Shortest crop the front end and encoders handle (one 25 ms window is not enough).
+MIN_CROP_SECONDS = 0.1
+#: The keys of `ssrl` that a fixed-label classifier training (an iterative round, the supervised
+#: topline) reads: its job config holds only these, so its params say what it ran with and a
+#: change to an SSRL-only key (queue, GMM, timetable) does not rerun it.
+CLASSIFIER_KEYS = ("epochs", "steps_per_epoch", "batch_size", "student_seconds", "p_reverb",
+                   "p_noise", "scale", "margin", "dropout", "warm_epochs", "warm_lr", "lr",
+                   "min_lr", "weight_decay", "eval_every", "momentum_start", "momentum_end",
+                   "teacher_lag_epochs")
+
+
+def variant_config(ssrl: dict, variant: dict) -> dict:
+    """The `ssrl` section as one ablation variant runs it (its switches over the defaults)."""
+    return {**ssrl, **{k: v for k, v in variant.items() if k != "name"}}
+
+
+def count_utterances(scp: str | Path) -> int | None:
+    """Utterances listed in a wav.scp (None when the file is not there)."""
+    path = Path(scp)
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip() and not line.lstrip().startswith(b"#"))
+
+
+def _check_ssrl(c: dict, where: str) -> None:
+    q, hold = c["queue_len"], c["hold_epochs"]
+    latest = hold - (q // 2 + 1)  # the first update ends epoch hold-1; q//2+1 votes beat the seed
+    rec = c.get("record_from_epoch")
+    if rec is None and latest < 0:
+        raise InputError(f"config key {where}.hold_epochs: {hold} is too short for queue_len "
+                         f"{q}: the teacher must record queue_len // 2 + 1 = {q // 2 + 1} "
+                         "epochs before the first label update (hold_epochs - 1), so a new "
+                         f"label can outvote the k-means seed; use hold_epochs >= {q // 2 + 1}")
+    if rec is not None and rec > latest:
+        raise InputError(f"config key {where}.record_from_epoch: {rec} is later than "
+                         f"hold_epochs - (queue_len // 2 + 1) = {latest}: the queue would not "
+                         "hold enough teacher labels to outvote its k-means seed at the first "
+                         "update (leave it null to derive it)")
+    for key in ("student_seconds", "teacher_seconds"):
+        if c[key] < MIN_CROP_SECONDS:
+            raise InputError(f"config key {where}.{key}: {c[key]} s is shorter than the "
+                             f"{MIN_CROP_SECONDS} s a crop needs")
+
+
+def check_config(config: dict, n_train_utts: int | None = None) -> None:
+    """Raise InputError (naming the key) for a config the workflow cannot run correctly:
+    variant names and grid points that collide, an SSRL timetable that breaks the queue's
+    relation, crops too short for the front end, more clusters than training utterances."""
+    if config["data"]["source"] == "builtin":
+        from ssrl.data.synth import CorpusSpec
+
+        CorpusSpec.from_dict(config["data"]["builtin"])
+    for key in ("global_seconds", "local_seconds"):
+        if config["dino"][key] < MIN_CROP_SECONDS:
+            raise InputError(f"config key dino.{key}: {config['dino'][key]} s is shorter than "
+                             f"the {MIN_CROP_SECONDS} s a crop needs")
+    ssrl = config["ssrl"]
+    _check_ssrl(ssrl, "ssrl")
+    variants = config["ablation"]["variants"]
+    switches = sorted({k for v in variants for k in v if k != "name"})
+
+    def grid_point(c: dict) -> tuple:
+        return tuple(c[k] or config["cluster"]["k"] if k == "init_k" else c[k]
+                     for k in switches)
+
+    seen: dict[tuple, str] = {grid_point(ssrl): FULL}
+    names = {FULL}
+    for i, v in enumerate(variants):
+        where = f"ablation.variants.{i}"
+        if v["name"] in names:
+            raise InputError(f"config key {where}.name: {v['name']!r} "
+                             + ("is reserved for the full method (the grid's first row)"
+                                if v["name"] == FULL else "is used by an earlier variant"))
+        names.add(v["name"])
+        effective = variant_config(ssrl, v)
+        _check_ssrl(effective, where)
+        point = grid_point(effective)
+        if point in seen:
+            raise InputError(f"config key {where}: variant {v['name']!r} has the same switches "
+                             f"as {seen[point]!r}; one of them would be trained for both")
+        seen[point] = v["name"]
+    if n_train_utts is not None:
+        ks = {"cluster.k": config["cluster"]["k"]}
+        if ssrl.get("init_k"):
+            ks["ssrl.init_k"] = ssrl["init_k"]
+        ks.update({f"ablation.variants.{i}.init_k": v["init_k"]
+                   for i, v in enumerate(variants) if v.get("init_k")})
+        for key, k in ks.items():
+            if k > n_train_utts:
+                raise InputError(f"config key {key}: {k} clusters but only {n_train_utts} "
+                                 "training utterances")

@@ -1,11 +1,16 @@
-"""File helpers shared by every stage: atomic writes, Kaldi-style maps, clear input errors.
+"""File helpers shared by every stage: atomic writes, Kaldi-style tables, clear input errors.
 
 Every output of the workflow is written through these functions so that a crash, a kill or a
 full disk never leaves a half-written file that Snakemake (or a resumed job) would take as done.
+
+Folders are only ever replaced when ssrl made them: every folder written by `atomic_dir` holds
+a marker file (`OWNER_MARK`), and an existing folder without it (a user's data, their thesis) is
+refused with an `OutputError` instead of being deleted.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -24,6 +29,10 @@ class InputError(Exception):
 
 class OutputError(Exception):
     """An output could not be written (disk full, permissions). Nothing half-written is left."""
+
+
+#: Written into every folder `atomic_dir` creates: only such folders are ever replaced.
+OWNER_MARK = ".ssrl-output"
 
 
 def _umask_mode(directory: bool = False) -> int:
@@ -63,10 +72,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse an output folder that exists and was not made by ssrl (empty folders are fine)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise OutputError(f"{path}: exists and is not a folder ssrl made; refusing to replace "
+                          "it (choose another output path)")
+    if (path / OWNER_MARK).is_file() or not any(path.iterdir()):
+        return
+    raise OutputError(f"{path}: folder exists and was not written by ssrl; refusing to replace "
+                      "it (choose another output folder, or remove it yourself)")
+
+
+def check_apart(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """An output must be neither one of the inputs nor inside or around one of them."""
+    out = Path(os.path.abspath(out))
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(os.path.abspath(item))
+        if out == src or src in out.parents or out in src.parents:
+            raise OutputError(f"{out}: the output would overlap the input {src}; "
+                              "choose an output folder outside it")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path` (an old `path` is removed)."""
+    """Yield a temporary directory; on success it replaces `path`.
+
+    `path` may exist only as a folder ssrl made earlier (it holds `OWNER_MARK`) or as an empty
+    folder; anything else is refused before work starts. The new folder gets the marker.
+    """
     path = Path(path)
+    check_replaceable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -74,7 +114,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise _fail_write(path, err) from err
     try:
         yield tmp
+        (tmp / OWNER_MARK).write_text("written by ssrl (python -m ssrl); ssrl may replace it\n")
         os.chmod(tmp, _umask_mode(directory=True))
+        check_replaceable(path)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -125,6 +167,27 @@ def write_table(path: str | os.PathLike, rows: Iterable[Iterable[Any]]) -> None:
     write_text(path, "".join(" ".join(str(f) for f in row) + "\n" for row in rows))
 
 
+def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file; a leading byte-order mark is dropped.
+
+    Text that is not UTF-8 (a latin-1 file, say) is an InputError naming the line, never
+    silently replaced characters: utterance ids must match exactly across files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                             f"column {err.start + 1}); save the file as UTF-8") from None
+        yield lineno, text
+
+
 def read_table(path: str | os.PathLike, ncols: int | None = 2,
                min_cols: int | None = None) -> list[tuple[int, list[str]]]:
     """Read a Kaldi-style table as (line number, fields); blank lines and `#` comments skipped.
@@ -132,27 +195,23 @@ def read_table(path: str | os.PathLike, ncols: int | None = 2,
     `ncols` fixes the field count (the last field takes the rest of the line, so paths may hold
     spaces); `min_cols` instead accepts any count at or above it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if ncols is not None:
-                fields = line.split(maxsplit=ncols - 1)
-                if len(fields) != ncols:
-                    raise InputError(
-                        f"{path}:{lineno}: expected {ncols} fields, got {len(fields)}: {line!r}")
-            else:
-                fields = line.split()
-                if min_cols is not None and len(fields) < min_cols:
-                    raise InputError(
-                        f"{path}:{lineno}: expected at least {min_cols} fields, "
-                        f"got {len(fields)}: {line!r}")
-            rows.append((lineno, fields))
+    for lineno, line in read_lines(path):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if ncols is not None:
+            fields = line.split(maxsplit=ncols - 1)
+            if len(fields) != ncols:
+                raise InputError(
+                    f"{path}:{lineno}: expected {ncols} fields, got {len(fields)}: {line!r}")
+        else:
+            fields = line.split()
+            if min_cols is not None and len(fields) < min_cols:
+                raise InputError(
+                    f"{path}:{lineno}: expected at least {min_cols} fields, "
+                    f"got {len(fields)}: {line!r}")
+        rows.append((lineno, fields))
     return rows
 
 

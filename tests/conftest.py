@@ -59,29 +59,73 @@ def make_m4a() -> Callable[..., Path]:
     return make
 
 
+def _descendants(pid: int) -> list[int]:
+    """Live descendant processes of `pid` (from /proc; zombies already exited and are left out)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found.append(child)
+            found += _descendants(child)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite():
+    """Every process a test starts (MLflow servers, torchrun, snakemake) is gone at the end."""
+    import contextlib
+    import os
+    import time
+
+    yield
+    deadline = time.monotonic() + 30
+    while (left := _descendants(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    commands = []
+    for pid in left:
+        with contextlib.suppress(OSError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200])
+    assert not commands, f"processes left running after the test suite: {commands}"
+
+
 # --- end-to-end fixtures (test_workflow.py, test_faults.py, test_ddp.py) ---------------------
 # One smoke workflow run for the whole session, in a temporary copy of the workflow, with the
-# smoke preset shrunk further and one ablation variant that crashes (run with --keep-going).
+# smoke preset shrunk further and one ablation variant that crashes (run with --keep-going):
+# an AAM scale of 1e39 overflows float32, so its first loss is NaN and the job fails there.
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config", "envs")
-#: Merged over config/smoke.yaml. The variant `crash` trains on 1 ms student crops, shorter
-#: than one STFT window: its SSRL job fails, the others must not be affected.
-SMOKE_OVERRIDES = """\
+#: Merged over config/smoke.yaml. The variant `crash` has an AAM scale that overflows: its
+#: SSRL job fails at its first step, the others must not be affected.
+#: The smoke run lives in a folder, and writes to a results folder, whose names hold a space,
+#: a quote, a `$` and a non-ASCII letter: every rule must quote every path (no shell expansion).
+ODD_NAME = "odd 'q' $HOME é"
+SMOKE_OVERRIDES = f"""\
+results_dir: "res {ODD_NAME}"
 data:
-  builtin: {train_speakers: 4, train_utts_per_speaker: 4, test_speakers: 3,
-            test_utts_per_speaker: 3, noise_files: 3, rir_files: 1}
-dino: {epochs: 1, steps_per_epoch: 1, warmup_epochs: 0}
-cluster: {k: 6}
-ssrl: {epochs: 3, steps_per_epoch: 1, batch_size: 8, eval_every: 0}
-iterative: {epochs: 1}
+  builtin: {{train_speakers: 4, train_utts_per_speaker: 4, test_speakers: 3,
+            test_utts_per_speaker: 3, dev_speakers: 2, dev_utts_per_speaker: 2,
+            noise_files: 3, rir_files: 1}}
+dino: {{epochs: 1, steps_per_epoch: 1, warmup_epochs: 0}}
+cluster: {{k: 6}}
+ssrl: {{epochs: 3, steps_per_epoch: 1, batch_size: 8, eval_every: 3}}
+iterative: {{epochs: 1}}
+eval: {{bootstrap: {{replicates: 100}}}}
 ablation:
   variants:
-    - {name: no_nlm, noisy_label_modeling: false}
-    - {name: crash, student_seconds: 0.001}
+    - {{name: no_nlm, noisy_label_modeling: false}}
+    - {{name: crash, scale: 1.0e+39}}
 """
-SMOKE_CRASH = "{name: crash, student_seconds: 0.001}"
-SMOKE_FIXED = "{name: crash, student_seconds: 0.75}"
+SMOKE_CRASH = "{name: crash, scale: 1.0e+39}"
+SMOKE_FIXED = "{name: crash, scale: 24.0}"
 
 
 def ssrl_env(**extra: str) -> dict[str, str]:
@@ -123,7 +167,7 @@ class SmokeRun:
 
     def __init__(self, dir: Path) -> None:
         self.dir = dir
-        self.results = dir / "results" / "smoke"
+        self.results = dir / f"res {ODD_NAME}" / "smoke"
         self.crashed: subprocess.CompletedProcess | None = None
         self.fixed: subprocess.CompletedProcess | None = None
         self.after_crash: dict[str, str] = {}
@@ -135,7 +179,7 @@ class SmokeRun:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
-    run = SmokeRun(copy_workflow(tmp_path_factory.mktemp("smoke") / "wf"))
+    run = SmokeRun(copy_workflow(tmp_path_factory.mktemp("smoke") / f"wf {ODD_NAME}"))
     (run.dir / "overrides.yaml").write_text(SMOKE_OVERRIDES)
     run.crashed = run.run("--keep-going")
     # what the failed run left: tables/*.md only from successful runs, tables/partial/ always
@@ -145,6 +189,28 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     (run.dir / "overrides.yaml").write_text(SMOKE_OVERRIDES.replace(SMOKE_CRASH, SMOKE_FIXED))
     run.fixed = run.run()
     return run
+
+
+def smoke_job(smoke: SmokeRun, name: str, results: Path, changes: dict | None = None) -> dict:
+    """The config file the smoke workflow wrote for job `name` (e.g. "seed0/dino"), with
+    `changes` merged in and its MLflow store moved under `results`: what a rule's shell
+    command reads, ready for `python -m ssrl <stage> --job`."""
+    import json
+
+    from snakemake.utils import update_config
+
+    cfg = json.loads((smoke.results / "jobs" / f"{name}.json").read_text())
+    update_config(cfg, changes or {})
+    cfg["job"]["results_dir"] = str(results)
+    return cfg
+
+
+def write_job(cfg: dict, path: Path) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 @pytest.fixture(scope="session")

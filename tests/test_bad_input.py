@@ -1,4 +1,4 @@
-"""Bad input as the command-line user meets it: `python -m ssrl store|embed ...` exits 2 with
+"""Bad input as the command-line user meets it: `python -m ssrl wave-store|embed ...` exits 2 with
 one line `ssrl <step>: error: <file>[:<line>]: <reason>` and no traceback (the library
 functions behind it are tested in test_kaldi.py and test_store.py)."""
 
@@ -46,7 +46,7 @@ def message_lines(err: str) -> list[str]:
 
 
 def store_error(capsys, data: Path, out: Path, *extra: str) -> str:
-    rc, err = cli(capsys, "store", "--data", str(data), "--out", str(out), *extra)
+    rc, err = cli(capsys, "wave-store", "--data", str(data), "--out", str(out), *extra)
     assert rc == 2
     assert not out.exists()
     lines = message_lines(err)
@@ -76,7 +76,8 @@ def test_corrupt_audio(capsys, data, tmp_path):
     wav = add_utt(data, "c", "c.wav")
     wav.write_bytes(b"RIFF\x00\x00\x00\x00garbage, not a wave file")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line.startswith(f"ssrl store: error: {data}/wav.scp:3: {wav}: cannot decode audio (")
+    assert line.startswith(
+        f"ssrl wave-store: error: {data}/wav.scp:3: {wav}: cannot decode audio (")
 
 
 @pytest.mark.parametrize("kind, reason", [
@@ -91,19 +92,19 @@ def test_unusable_audio(capsys, data, tmp_path, kind, reason):
                "nan": np.where(np.arange(16000) == 99, np.nan, 0.1)}[kind]
     sf.write(wav, samples.astype(np.float32), 16000, subtype="FLOAT")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line == f"ssrl store: error: {data}/wav.scp:3: {wav}: {reason}"
+    assert line == f"ssrl wave-store: error: {data}/wav.scp:3: {wav}: {reason}"
 
 
 def test_min_seconds_is_the_users_threshold(capsys, data, tmp_path):
     line = store_error(capsys, data, tmp_path / "store", "--min-seconds", "1.5")
-    assert line == (f"ssrl store: error: {data}/wav.scp:1: {data}/a.wav: "
+    assert line == (f"ssrl wave-store: error: {data}/wav.scp:1: {data}/a.wav: "
                     "too short (1.000 s < min_seconds 1.5 s)")
 
 
 def test_missing_audio_file(capsys, data, tmp_path):
     add_utt(data, "c", "nowhere/c.wav")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line == (f"ssrl store: error: {data}/wav.scp:3: audio file not found: "
+    assert line == (f"ssrl wave-store: error: {data}/wav.scp:3: audio file not found: "
                     f"{data}/nowhere/c.wav")
 
 
@@ -111,28 +112,28 @@ def test_missing_audio_file(capsys, data, tmp_path):
 def test_duplicate_utterance_id(capsys, data, tmp_path):
     add_utt(data, "a", "b.wav")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line == (f"ssrl store: error: {data}/wav.scp:3: duplicate utterance id 'a' "
+    assert line == (f"ssrl wave-store: error: {data}/wav.scp:3: duplicate utterance id 'a' "
                     "(first on line 1)")
 
 
 def test_bad_wav_scp_line(capsys, data, tmp_path):
     (data / "wav.scp").write_text("a a.wav\n# a comment\nlonely\nb b.wav\n")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line == f"ssrl store: error: {data}/wav.scp:3: expected 2 fields, got 1: 'lonely'"
+    assert line == f"ssrl wave-store: error: {data}/wav.scp:3: expected 2 fields, got 1: 'lonely'"
 
 
 def test_trials_naming_unknown_utterances(capsys, data, tmp_path):
     (data / "trials_O").write_text("a b target\nb zz nontarget\n")
     line = store_error(capsys, data, tmp_path / "store")
-    assert line == f"ssrl store: error: {data}/trials_O:2: trial names unknown utterance 'zz'"
+    assert line == f"ssrl wave-store: error: {data}/trials_O:2: trial names unknown utterance 'zz'"
 
 
 def test_missing_data_folder_and_wav_scp(capsys, tmp_path):
     line = store_error(capsys, tmp_path / "nope", tmp_path / "store")
-    assert line == f"ssrl store: error: {tmp_path}/nope: data folder not found"
+    assert line == f"ssrl wave-store: error: {tmp_path}/nope: data folder not found"
     (tmp_path / "empty").mkdir()
     line = store_error(capsys, tmp_path / "empty", tmp_path / "store")
-    assert line == (f"ssrl store: error: {tmp_path}/empty/wav.scp: file not found "
+    assert line == (f"ssrl wave-store: error: {tmp_path}/empty/wav.scp: file not found "
                     "(every data folder needs a wav.scp)")
 
 
@@ -141,12 +142,12 @@ def test_python_m_ssrl_store_prints_one_line_and_exits_2(data, tmp_path):
     wav = add_utt(data, "c", "c.wav")
     sf.write(wav, np.zeros(8000, dtype=np.float32), 16000)
     out = tmp_path / "store"
-    proc = python_m_ssrl("store", "--data", str(data), "--out", str(out))
+    proc = python_m_ssrl("wave-store", "--data", str(data), "--out", str(out))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.endswith("\n")
     assert message_lines(proc.stderr) == [
-        f"ssrl store: error: {data}/wav.scp:3: {wav}: silent audio (all samples are zero)"]
+        f"ssrl wave-store: error: {data}/wav.scp:3: {wav}: silent audio (all samples are zero)"]
     assert proc.stdout == ""
     assert not out.exists() and list(tmp_path.glob(".store.*")) == []
 
@@ -163,7 +164,7 @@ def test_skip_counts_bad_utterances_and_resamples_others(data, tmp_path, make_wa
     with open(data / "trials", "a") as f:
         f.write("a quiet target\nshort b nontarget\nstereo hi target\n")
     out = tmp_path / "store"
-    proc = python_m_ssrl("store", "--data", str(data), "--out", str(out), "--on-bad", "skip")
+    proc = python_m_ssrl("wave-store", "--data", str(data), "--out", str(out), "--on-bad", "skip")
     assert proc.returncode == 0, proc.stderr
     assert f"{data}/stereo.wav: down-mixed 2 channels to mono" in proc.stderr
     assert f"{data}/lo.wav: resampled 8000 Hz -> 16000 Hz" in proc.stderr
@@ -188,11 +189,12 @@ def test_skip_counts_bad_utterances_and_resamples_others(data, tmp_path, make_wa
 # --- model files ------------------------------------------------------------------------------
 def _model_file(path: Path, weights_cfg: dict, claimed_cfg: dict) -> Path:
     from ssrl.models.encoders import build_encoder
-    from ssrl.training.runtime import save_model_file
+    from ssrl.models.frontend import Frontend
+    from ssrl.models.model_file import save_model_file
 
     torch.manual_seed(0)
     encoder = build_encoder({**weights_cfg, "n_mels": 16})
-    save_model_file(path, encoder, claimed_cfg, {"frontend": "logmel", "n_mels": 16})
+    save_model_file(path, encoder, claimed_cfg, Frontend("logmel", n_mels=16))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow, ssrl_env
 from snakemake.utils import update_config
+
+from ssrl.files import InputError
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 PWNED = Path("/tmp/ssrl-test-config-pwned")
@@ -129,21 +132,121 @@ def test_config_values_are_not_evaluated(workflow_copy, tmp_path, capsys):
     PWNED.unlink(missing_ok=True)
     # a name field: rejected by its pattern before anything runs
     found = errors(merged("config/smoke.yaml", extra={"experiment": EVIL}))
-    assert found == [f"experiment: {EVIL!r} does not match '^[A-Za-z0-9_.-]+$'"]
+    pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    assert found == [f"experiment: {EVIL!r} does not match {pattern!r}"]
     proc = dry_run(workflow_copy, extra={"experiment": EVIL})
     assert proc.returncode == 1
-    assert "does not match '^[A-Za-z0-9_.-]+$'" in proc.stdout + proc.stderr
+    assert f"does not match {pattern!r}" in proc.stdout + proc.stderr
     # a free-text field holds a path: valid config, read as a (missing) folder when used
-    kaldi = {"data": {"source": "kaldi", "kaldi": {"train": EVIL}}}
+    kaldi = {"data": {"source": "kaldi", "kaldi": {"train": EVIL, "test": EVIL}}}
     cfg = merged("config/smoke.yaml", extra=kaldi)
     assert errors(cfg) == []
     proc = dry_run(workflow_copy, extra=kaldi)
     assert proc.returncode == 0, proc.stderr
+    job = tmp_path / "prepare.json"
+    job.write_text(json.dumps({"data": cfg["data"]}))
     saved = signal.getsignal(signal.SIGTERM)
     try:
-        rc = main(["prepare", "--cfg", json.dumps(cfg["data"]), "--out", str(tmp_path / "d")])
+        rc = main(["prepare", "--job", str(job), "--out", str(tmp_path / "d")])
     finally:
         signal.signal(signal.SIGTERM, saved)
     assert rc == 2
     assert capsys.readouterr().err == f"ssrl prepare: error: {EVIL}: data folder not found\n"
     assert not PWNED.exists()
+
+
+def test_every_value_in_every_shell_command_is_quoted():
+    """The root of the injection fix: no rule interpolates a value unquoted into its shell
+    command (`{x:q}` everywhere), and no rule passes config as text on the command line."""
+    found = 0
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for block in re.findall(r"^    shell:\n((?:        .*\n)+)", text, re.M):
+            fields = re.findall(r"\{([^{}]*)\}", block)
+            found += len(fields)
+            assert all(f.endswith(":q") for f in fields), (smk.name, fields)
+            assert "--cfg" not in block and "json" not in block.replace("{params.json:q}", "")
+    assert found > 60
+
+
+@pytest.mark.slow
+def test_injection_attempts_create_nothing(tmp_path):
+    """Shell code in several keys, run for real through the data rules: it stays text."""
+    wf = copy_workflow(tmp_path / "wf")
+    pwned = tmp_path / "PWNED"
+    attack = f"$(touch {pwned})"
+    quoted = f"'$(touch {pwned})'"
+    extra = {"results_dir": f"rd{attack}",
+             "data": {"source": "kaldi", "kaldi": {"train": f"/nonexistent{quoted}",
+                                                   "test": f"/x`touch {pwned}`"}},
+             "tracking": {"uri": f"sqlite:///{tmp_path}/t{quoted}.db"},
+             "runtime": {"partition": f"gpu;touch {pwned}"}}
+    (wf / "extra.yaml").write_text(yaml.safe_dump(extra))
+    cmd = [str(Path(sys.executable).parent / "snakemake"), f"rd{attack}/smoke/data", "--cores",
+           "1", "--configfile", "config/smoke.yaml", "extra.yaml"]
+    proc = subprocess.run(cmd, cwd=wf, env=ssrl_env(), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 1  # the train folder does not exist
+    assert "data folder not found" in (wf / "logs" / "smoke" / "prepare_data.log").read_text()
+    assert not pwned.exists()
+    assert (wf / f"rd{attack}" / "smoke" / "jobs" / "prepare.json").is_file()  # a literal name
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"experiment": ".."}, "experiment: '..' does not match"),
+    ({"experiment": ".hidden"}, "experiment: '.hidden' does not match"),
+    ({"ablation": {"variants": [{"name": "full", "ema": False}]}},
+     "ablation.variants.0.name: 'full' is reserved for the full method"),
+    ({"ablation": {"variants": [{"name": "a", "ema": False}, {"name": "a", "queue_len": 1}]}},
+     "ablation.variants.1.name: 'a' is used by an earlier variant"),
+    ({"ablation": {"variants": [{"name": "same", "noisy_label_modeling": True}]}},
+     "ablation.variants.0: variant 'same' has the same switches as 'full'"),
+    ({"ablation": {"variants": [{"name": "x", "queue_len": 1}, {"name": "y", "queue_len": 1}]}},
+     "ablation.variants.1: variant 'y' has the same switches as 'x'"),
+    ({"cluster": {"k": 37}}, "cluster.k: 37 clusters but only 36 training utterances"),
+    ({"ablation": {"variants": [{"name": "big", "init_k": 40}]}},
+     "ablation.variants.0.init_k: 40 clusters but only 36 training utterances"),
+    ({"ssrl": {"student_seconds": 0.001}}, "ssrl.student_seconds: 0.001 s is shorter"),
+    ({"ssrl": {"hold_epochs": 1}}, "ssrl.hold_epochs: 1 is too short for queue_len 3"),
+    ({"ssrl": {"record_from_epoch": 1}}, "ssrl.record_from_epoch: 1 is later than"),
+])
+def test_start_up_rejects_configs_that_would_break_or_mislead(extra, message):
+    """Names that escape the layout, a variant that would replace or duplicate another, and
+    relations known before training (k against the data, crop lengths, the SSRL timetable)
+    are refused when the workflow starts, naming the key."""
+    from ssrl.config import check_config, validate
+
+    cfg = merged("config/smoke.yaml", extra=extra)
+    found = errors(cfg)
+    if found:
+        assert any(f.startswith(message) for f in found), found
+        return
+    b = cfg["data"]["builtin"]
+    with pytest.raises(InputError) as err:
+        check_config(validate(cfg), b["train_speakers"] * b["train_utts_per_speaker"])
+    assert str(err.value).startswith(f"config key {message}"), str(err.value)
+
+
+def test_snakemake_stops_on_a_reserved_variant_name(workflow_copy):
+    proc = dry_run(workflow_copy, extra={"ablation": {"variants": [{"name": "full",
+                                                                    "ema": False}]}})
+    assert proc.returncode == 1
+    assert ("Invalid config: config key ablation.variants.0.name: 'full' is reserved"
+            in proc.stdout + proc.stderr)
+
+
+@pytest.mark.slow
+def test_the_documented_slurm_command_dry_runs(workflow_copy):
+    """The README's SLURM command: an overlay file (Snakemake's --config would pass the
+    numbers as strings), the slurm profile and its pinned executor plugin."""
+    overlay = REPO / "config" / "slurm-example.yaml"
+    readme = (REPO / "README.md").read_text()
+    assert "--configfile config/voxceleb.yaml config/slurm-example.yaml" in readme
+    shutil.copytree(REPO / "profiles", workflow_copy / "profiles", dirs_exist_ok=True)
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--profile", "profiles/slurm",
+           "--configfile", "config/smoke.yaml", str(overlay.relative_to(REPO))]
+    proc = subprocess.run(cmd, cwd=workflow_copy, env=ssrl_env(), capture_output=True,
+                          text=True, timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "dino" in out and "This was a dry-run" in out

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, ssrl_env
+from conftest import REPO, smoke_job, ssrl_env, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-import ssrl.training.runtime
+import ssrl.training.checkpoints
 from ssrl.cli import main
 
-_save = ssrl.training.runtime.Checkpoints.save
+_save = ssrl.training.checkpoints.Checkpoints.save
 
 
 def save_every_rank(self, state):
@@ -36,19 +36,18 @@ def save_every_rank(self, state):
     _save(self, state)
 
 
-ssrl.training.runtime.Checkpoints.save = save_every_rank
+ssrl.training.checkpoints.Checkpoints.save = save_every_rank
 sys.exit(main(sys.argv[2:]))
 """
 PER_UTT = ("labels", "p_clean", "active", "recorded_label", "recorded_loss")
 
 
-def ssrl_cmd(cfg: dict, smoke, out: Path, results: Path) -> list[str]:
+def ssrl_cmd(job: Path, smoke, out: Path) -> list[str]:
     r = smoke.results
-    return ["ssrl", "--cfg", json.dumps(cfg), "--results", str(results),
-            "--train", str(r / "store/train"), "--noise", str(r / "store/noise"),
-            "--rir", str(r / "store/rir"), "--init", str(r / "dino/model.pt"),
-            "--labels", str(r / "cluster/dino_k6/labels.npz"), "--variant", "full",
-            "--out", str(out)]
+    return ["ssrl", "--job", str(job), "--train", str(r / "store/train"),
+            "--noise", str(r / "store/noise"), "--rir", str(r / "store/rir"),
+            "--init", str(r / "seed0/dino/model.pt"),
+            "--labels", str(r / "seed0/cluster/dino_k6/labels.npz"), "--out", str(out)]
 
 
 def load(path: Path) -> dict:
@@ -56,32 +55,35 @@ def load(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(smoke_run, full_config, tmp_path_factory):
-    """(folder of the 2-process run, its rank dumps, folder of the 1-process run)."""
+def runs(smoke_run, tmp_path_factory):
+    """(folder of the 2-process run, its rank dumps, folder of the 1-process run, its dumps)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = full_config({"runtime": {"device": "cpu"},
-                       "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8,
-                                "hold_epochs": 1, "record_from_epoch": 1}})
+    cfg = smoke_job(smoke_run, "seed0/ssrl/noisy_label_modeling~True_scale~32.0", tmp, {
+        "runtime": {"device": "cpu"},
+        "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "hold_epochs": 2,
+                 "queue_len": 3, "record_from_epoch": 0}})
+    job = write_job(cfg, tmp / "job.json")
     script = tmp / "rank_dumps.py"
     script.write_text(RANK_DUMPS)
-    dumps = tmp / "dumps"
+    dumps, dumps1 = tmp / "dumps", tmp / "dumps1"
     dumps.mkdir()
+    dumps1.mkdir()
     env = ssrl_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")  # unreachable: buffered
     torchrun = Path(sys.executable).parent / "torchrun"
     two = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(dumps),
-         *ssrl_cmd(cfg, smoke_run, tmp / "two", tmp)],
+         *ssrl_cmd(job, smoke_run, tmp / "two")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-5000:]
-    one = subprocess.run([sys.executable, "-m", "ssrl", *ssrl_cmd(cfg, smoke_run, tmp / "one",
-                                                                  tmp)],
+    one = subprocess.run([sys.executable, str(script), str(dumps1),
+                          *ssrl_cmd(job, smoke_run, tmp / "one")],
                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
-    return tmp / "two", dumps, tmp / "one"
+    return tmp / "two", dumps, tmp / "one", dumps1
 
 
 def test_every_rank_holds_the_same_state(runs):
-    _, dumps, _ = runs
+    _, dumps, _, _ = runs
     names = sorted(p.name[len("rank0_"):] for p in dumps.glob("rank0_*.pt"))
     assert names == ["e1_s0.pt", "e2_s0.pt", "e3_s0.pt"]  # epoch ends
     assert sorted(p.name[len("rank1_"):] for p in dumps.glob("rank1_*.pt")) == names
@@ -98,13 +100,15 @@ def test_every_rank_holds_the_same_state(runs):
 
 
 def test_two_processes_match_one_over_the_same_global_batches(runs):
-    two, _, one = runs
+    two, dumps, one, dumps1 = runs
     with np.load(two / "labels.npz") as a, np.load(one / "labels.npz") as b:
         assert np.array_equal(a["labels"], b["labels"])
-    c2, c1 = load(two / "checkpoint" / "last.pt"), load(one / "checkpoint" / "last.pt")
+    c2, c1 = load(dumps / "rank0_e3_s0.pt"), load(dumps1 / "rank0_e3_s0.pt")
     assert torch.equal(c2["labels"], c1["labels"]) and torch.equal(c2["active"], c1["active"])
-    # on CPU BatchNorm is per process (no SyncBatchNorm there), so the two runs differ a little
-    assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=5e-3)
+    # On CPU BatchNorm is per process (no SyncBatchNorm there), so the teachers' losses differ
+    # a little, and on 16 utterances the GMM's posterior is so steep that one may flip sides.
+    flipped = ((c2["p_clean"] > 0.5) != (c1["p_clean"] > 0.5)).sum().item()
+    assert flipped <= 2, (c2["p_clean"], c1["p_clean"])
     e2, e1 = load(two / "model.pt")["encoder"], load(one / "model.pt")["encoder"]
     assert list(e2) == list(e1)
     # Weights only: BatchNorm running statistics come from half a batch per process on CPU
@@ -121,9 +125,9 @@ def test_two_processes_match_one_over_the_same_global_batches(runs):
 
 
 def test_only_rank_0_writes_outputs_and_tracks(runs):
-    two, dumps, _ = runs
+    two, dumps, _, _ = runs
     state = json.loads((two / "mlflow_run.json").read_text())
-    assert state["run_name"] == "ssrl-full"
+    assert state["run_name"] == "ssrl-full-seed0"
     records = [json.loads(line) for line in (two / "mlflow_buffer.jsonl").read_text().splitlines()]
     assert [r["op"] for r in records].count("end") == 1
     assert [r["op"] for r in records].count("params") == 1

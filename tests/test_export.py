@@ -10,12 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ssrl.models.export import export_encoder
 from ssrl.files import InputError
-from ssrl.models.encoders import build_encoder
-from ssrl.training.runtime import save_model_file
+from ssrl.models.encoders import build_encoder, resolve_config
+from ssrl.models.export import export_encoder
+from ssrl.models.frontend import Frontend
+from ssrl.models.model_file import save_model_file
 
 FEATURES = {"frontend": "logmel", "n_mels": 24}
+FRONTEND = Frontend("logmel", n_mels=24)
 
 
 def _model_file(path: Path, model_cfg: dict) -> torch.nn.Module:
@@ -26,7 +28,7 @@ def _model_file(path: Path, model_cfg: dict) -> torch.nn.Module:
     with torch.no_grad():
         for _ in range(2):
             encoder(torch.randn(4, FEATURES["n_mels"], 120))
-    save_model_file(path, encoder, model_cfg, FEATURES)
+    save_model_file(path, encoder, model_cfg, FRONTEND)
     return encoder.eval()
 
 
@@ -42,7 +44,8 @@ def test_exports_match_pytorch(tmp_path: Path, model_cfg: dict):
     assert set(result["max_abs_diff"]) == {"torchscript", "onnx"}
     assert all(0 <= d < 1e-4 for d in result["max_abs_diff"].values())
     meta = json.loads((tmp_path / "export" / "export.json").read_text())
-    assert meta["features_cfg"] == FEATURES and meta["model_cfg"] == model_cfg
+    assert meta["frontend"] == FRONTEND.describe()
+    assert meta["model_cfg"] == resolve_config({**model_cfg, "n_mels": 24})
 
     scripted = torch.jit.load(str(result["torchscript"]))
     session = ort.InferenceSession(str(result["onnx"]), providers=["CPUExecutionProvider"])

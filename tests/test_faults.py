@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import snakemake, ssrl_env
+from conftest import smoke_job, snakemake, ssrl_env, write_job
 from test_tracking import MlflowServer
 
 from ssrl.files import OutputError, atomic_dir, atomic_path
@@ -26,16 +26,25 @@ from ssrl.tracking.mlflow_run import BUFFER_FILE, STATE_FILE, replay_buffer
 DEAD_URI = "http://127.0.0.1:9"  # discard port: nothing answers, records are buffered
 
 
-def train_cmd(stage: str, cfg: dict, smoke, out: Path, results: Path) -> list[str]:
-    """`python -m ssrl dino|ssrl ...` as the workflow's rules call it, on the smoke stores."""
+SSRL_JOB = "seed0/ssrl/noisy_label_modeling~True_scale~32.0"
+
+
+def train_cmd(stage: str, cfg: dict, smoke, out: Path) -> list[str]:
+    """`python -m ssrl dino|ssrl ...` as the workflow's rules call it, on the smoke stores, with
+    the job config `cfg` written next to `out`."""
     r = smoke.results
-    cmd = [sys.executable, "-m", "ssrl", stage, "--cfg", json.dumps(cfg), "--results",
-           str(results), "--train", str(r / "store/train"), "--noise", str(r / "store/noise"),
-           "--rir", str(r / "store/rir"), "--out", str(out)]
+    job = write_job(cfg, out.parent / f"{out.name}.{len(list(out.parent.glob('*.json')))}.json")
+    cmd = [sys.executable, "-m", "ssrl", stage, "--job", str(job), "--train",
+           str(r / "store/train"), "--noise", str(r / "store/noise"), "--rir",
+           str(r / "store/rir"), "--out", str(out)]
     if stage == "ssrl":
-        cmd += ["--init", str(r / "dino/model.pt"),
-                "--labels", str(r / "cluster/dino_k6/labels.npz"), "--variant", "full"]
+        cmd += ["--init", str(r / "seed0/dino/model.pt"),
+                "--labels", str(r / "seed0/cluster/dino_k6/labels.npz")]
     return cmd
+
+
+def job(stage: str, smoke, results: Path, changes: dict | None = None) -> dict:
+    return smoke_job(smoke, "seed0/dino" if stage == "dino" else SSRL_JOB, results, changes)
 
 
 def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
@@ -50,20 +59,24 @@ def finish(proc: subprocess.Popen, log: Path) -> None:
 
 def kill_mid_epoch(proc: subprocess.Popen, ckpt: Path, log: Path,
                    min_epoch: int) -> tuple[int, int]:
-    """SIGKILL `proc` as soon as it has checkpointed inside an epoch >= min_epoch."""
+    """SIGKILL `proc` as soon as its last checkpoint is inside an epoch >= min_epoch. The
+    process is frozen (SIGSTOP) while its checkpoint is read, so the position returned is the
+    one it will resume from."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"training ended before it could be killed:\n{log.read_text()[-3000:]}")
         if ckpt.exists():
+            proc.send_signal(signal.SIGSTOP)
             try:
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, EOFError):  # replaced while we read it
+            except (OSError, RuntimeError, EOFError):
                 state = None
             if state and state["step"] > 0 and state["epoch"] >= min_epoch:
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(timeout=30) == -signal.SIGKILL
                 return state["epoch"], state["step"]
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.02)
     proc.kill()
     pytest.fail("no mid-epoch checkpoint appeared")
@@ -86,20 +99,22 @@ def without_seconds(history: list[dict]) -> list[dict]:
 
 # --- a training job killed with SIGKILL resumes to the same result ----------------------------
 @pytest.mark.parametrize("stage", ["dino", "ssrl"])
-def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, full_config,
-                                                           tmp_path):
-    cfg = full_config({"runtime": {"checkpoint_every_steps": 1, "device": "cpu"},
-                       "dino": {"epochs": 2, "steps_per_epoch": 3},
-                       "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8,
-                                "hold_epochs": 1, "record_from_epoch": 1}})
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, tmp_path):
+    cfg = job(stage, smoke_run, tmp_path, {
+        "runtime": {"checkpoint_every_steps": 1, "device": "cpu"},
+        "dino": {"epochs": 2, "steps_per_epoch": 3},
+        "ssrl": {"epochs": 3, "steps_per_epoch": 4, "batch_size": 8, "hold_epochs": 2,
+                 "record_from_epoch": 0}} if stage == "ssrl" else {
+        "runtime": {"checkpoint_every_steps": 1, "device": "cpu"},
+        "dino": {"epochs": 2, "steps_per_epoch": 3}})
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    ref_proc = start(train_cmd(stage, cfg, smoke_run, ref, tmp_path), tmp_path / "ref.log")
-    proc = start(train_cmd(stage, cfg, smoke_run, cut, tmp_path), tmp_path / "cut.log")
+    ref_proc = start(train_cmd(stage, cfg, smoke_run, ref), tmp_path / "ref.log")
+    proc = start(train_cmd(stage, cfg, smoke_run, cut), tmp_path / "cut.log")
     # SSRL: killed inside an epoch where the teacher records labels (per-utterance state)
     epoch, step = kill_mid_epoch(proc, cut / "checkpoint" / "last.pt", tmp_path / "cut.log",
                                  min_epoch=1 if stage == "ssrl" else 0)
     assert not (cut / "model.pt").exists()
-    finish(start(train_cmd(stage, cfg, smoke_run, cut, tmp_path), tmp_path / "resume.log"),
+    finish(start(train_cmd(stage, cfg, smoke_run, cut), tmp_path / "resume.log"),
            tmp_path / "resume.log")
     finish(ref_proc, tmp_path / "ref.log")
 
@@ -109,6 +124,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, ful
     history = [json.loads((d / "history.json").read_text()) for d in (ref, cut)]
     assert without_seconds(history[0]) == without_seconds(history[1])
     assert len(history[0]) == (2 if stage == "dino" else 3)
+    assert not (cut / "checkpoint").exists()  # a finished job leaves no resume point
     if stage == "ssrl":
         with np.load(ref / "labels.npz") as a, np.load(cut / "labels.npz") as b:
             assert np.array_equal(a["labels"], b["labels"])
@@ -117,6 +133,53 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, ful
     # killed session never ended it
     ops = Counter(json.loads(line)["op"] for line in (cut / BUFFER_FILE).read_text().splitlines())
     assert ops["end"] == 1
+
+
+# --- a changed config never resumes the old checkpoint or the old MLflow run ----------------
+@pytest.mark.parametrize("stage, change", [("dino", {"dino": {"lr": 0.05}}),
+                                           ("ssrl", {"ssrl": {"margin": 0.3}})])
+def test_changed_value_starts_over_with_a_new_run(stage, change, smoke_run, tmp_path):
+    """Finish a job; change one training value; rerun it the way Snakemake does (same output
+    folder): it must train from scratch (no "resuming"), give other weights than before and
+    exactly those of a fresh run with the new value, and open a new MLflow run. The same goes
+    for a job killed mid-way whose checkpoint carries the old config."""
+    base = {"runtime": {"checkpoint_every_steps": 1, "device": "cpu"},
+            "dino": {"epochs": 2, "steps_per_epoch": 2},
+            "ssrl": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 8}}
+    old = job(stage, smoke_run, tmp_path, base)
+    new = job(stage, smoke_run, tmp_path, {**base, **{k: {**base.get(k, {}), **v}
+                                                      for k, v in change.items()}})
+    work, fresh = tmp_path / "work", tmp_path / "fresh"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finish(start(train_cmd(stage, old, smoke_run, work), tmp_path / "a.log",
+                 MLFLOW_TRACKING_URI=uri), tmp_path / "a.log")
+    first_run = json.loads((work / STATE_FILE).read_text())["run_id"]
+    first = encoder_of(work / "model.pt")
+    finish(start(train_cmd(stage, new, smoke_run, work), tmp_path / "b.log",
+                 MLFLOW_TRACKING_URI=uri), tmp_path / "b.log")
+    finish(start(train_cmd(stage, new, smoke_run, fresh), tmp_path / "c.log"),
+           tmp_path / "c.log")
+    assert "resuming" not in (tmp_path / "b.log").read_text()
+    assert any(not torch.equal(first[k], v) for k, v in encoder_of(work / "model.pt").items())
+    assert_same_encoder(work / "model.pt", fresh / "model.pt")
+    second_run = json.loads((work / STATE_FILE).read_text())["run_id"]
+    assert second_run != first_run
+    client = mlflow.MlflowClient(uri)
+    [(section, values)] = change.items()
+    [(key, value)] = values.items()
+    assert client.get_run(second_run).data.params[f"{section}.{key}"] == str(value)
+    assert client.get_run(first_run).data.params[f"{section}.{key}"] != str(value)
+    assert not any(k.startswith("changed_param") for k in client.get_run(second_run).data.tags)
+
+    # killed with the old values, rerun with the new ones: the old checkpoint is not used
+    killed = tmp_path / "killed"
+    proc = start(train_cmd(stage, old, smoke_run, killed), tmp_path / "d.log")
+    kill_mid_epoch(proc, killed / "checkpoint" / "last.pt", tmp_path / "d.log", min_epoch=0)
+    finish(start(train_cmd(stage, new, smoke_run, killed), tmp_path / "e.log"),
+           tmp_path / "e.log")
+    log = (tmp_path / "e.log").read_text()
+    assert "resuming" not in log and "was written for another config" in log
+    assert_same_encoder(killed / "model.pt", fresh / "model.pt")
 
 
 # --- the MLflow server: over HTTP, and gone during training -----------------------------------
@@ -129,29 +192,30 @@ def server(tmp_path_factory):
         srv.stop()
 
 
-def test_training_over_http_and_through_a_server_outage(server, smoke_run, full_config,
-                                                        tmp_path, monkeypatch):
-    cfg = full_config({"experiment": "faults", "runtime": {"device": "cpu"},
-                       "dino": {"epochs": 2, "steps_per_epoch": 1}})
+def test_training_over_http_and_through_a_server_outage(server, smoke_run, tmp_path,
+                                                        monkeypatch):
+    cfg = job("dino", smoke_run, tmp_path, {"job": {"experiment": "faults"},
+                                            "runtime": {"device": "cpu"},
+                                            "dino": {"epochs": 2, "steps_per_epoch": 1}})
     server.start()
     up, down = tmp_path / "up", tmp_path / "down"
-    proc = start(train_cmd("dino", cfg, smoke_run, up, tmp_path), tmp_path / "up.log",
+    proc = start(train_cmd("dino", cfg, smoke_run, up), tmp_path / "up.log",
                  MLFLOW_TRACKING_URI=server.uri)
     finish(proc, tmp_path / "up.log")
     assert not (up / BUFFER_FILE).exists()
     with monkeypatch.context() as m:
         m.setenv("MLFLOW_TRACKING_URI", server.uri)
         runs = mlflow.search_runs(experiment_names=["faults"])
-    assert list(runs["tags.mlflow.runName"]) == ["dino"]
+    assert list(runs["tags.mlflow.runName"]) == ["dino-seed0"]
     assert list(runs["status"]) == ["FINISHED"]
     assert runs.iloc[0]["params.dino.epochs"] == "2"
     client = mlflow.MlflowClient(server.uri)
     up_id = json.loads((up / STATE_FILE).read_text())["run_id"]
     assert up_id == runs.iloc[0]["run_id"]
-    assert [m.step for m in client.get_metric_history(up_id, "epoch_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(up_id, "loss")] == [1, 2]
 
     server.stop()
-    proc = start(train_cmd("dino", cfg, smoke_run, down, tmp_path), tmp_path / "down.log",
+    proc = start(train_cmd("dino", cfg, smoke_run, down), tmp_path / "down.log",
                  MLFLOW_TRACKING_URI=server.uri)
     finish(proc, tmp_path / "down.log")  # training does not care that the server is gone
     assert (down / "model.pt").is_file()
@@ -164,13 +228,13 @@ def test_training_over_http_and_through_a_server_outage(server, smoke_run, full_
     assert not (down / BUFFER_FILE).exists()
     down_id = json.loads((down / STATE_FILE).read_text())["run_id"]
     run = client.get_run(down_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "dino"
+    assert run.info.status == "FINISHED" and run.info.run_name == "dino-seed0"
     assert run.data.params["dino.steps_per_epoch"] == "1"
     assert run.data.tags["stage"] == "dino"
     losses = [row["loss"] for row in json.loads((down / "history.json").read_text())]
-    assert [(m.step, m.value) for m in client.get_metric_history(down_id, "epoch_loss")] == [
-        (0, pytest.approx(losses[0])), (1, pytest.approx(losses[1]))]
-    assert run.data.metrics["epochs"] == 2.0
+    assert [(m.step, m.value) for m in client.get_metric_history(down_id, "loss")] == [
+        (1, pytest.approx(losses[0])), (2, pytest.approx(losses[1]))]
+    assert run.data.metrics["compute/epochs"] == 2.0
     experiment = client.get_experiment_by_name("faults").experiment_id
     assert len(client.search_runs([experiment])) == 2
 
@@ -183,18 +247,19 @@ def test_workflow_job_tracks_to_the_server_over_http(server, smoke_run, tmp_path
 
     workdir = shutil.copytree(smoke_run.dir, tmp_path / "wf")
     server.start()
-    proc = snakemake(workdir, "results/smoke/dino/model.pt", "--forcerun", "dino",
+    target = smoke_run.results.relative_to(smoke_run.dir) / "seed0" / "dino" / "model.pt"
+    proc = snakemake(workdir, str(target), "--forcerun", "dino",
                      "--cores", "2", "--configfile", "config/smoke.yaml", "overrides.yaml",
                      MLFLOW_TRACKING_URI=server.uri)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.run_name for r in runs] == ["dino"]
+    assert [r.info.run_name for r in runs] == ["dino-seed0"]
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "dino"
-    assert run.data.params["dino.epochs"] == "1" and run.data.metrics["epochs"] == 1.0
-    state = json.loads((workdir / "results" / "smoke" / "dino" / STATE_FILE).read_text())
+    assert run.data.params["dino.epochs"] == "1" and run.data.metrics["compute/epochs"] == 1.0
+    state = json.loads((workdir / target.parent / STATE_FILE).read_text())
     assert state["tracking_uri"] == server.uri
 
 
@@ -246,12 +311,13 @@ def test_cli_store_into_an_unwritable_place(tmp_path, make_wav):
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be\n")
     out = blocker / "store" / "train"
-    proc = subprocess.run([sys.executable, "-m", "ssrl", "store", "--data", str(data),
+    proc = subprocess.run([sys.executable, "-m", "ssrl", "wave-store", "--data", str(data),
                            "--out", str(out)], capture_output=True, text=True, timeout=120,
                           env=ssrl_env(), check=False)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"ssrl store: error: {out}: could not write output (Not a directory); nothing was kept"]
+        f"ssrl wave-store: error: {out}: could not write output (Not a directory); "
+        "nothing was kept"]
     assert blocker.read_text() == "a file where the results folder should be\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "results"]
 
@@ -263,21 +329,20 @@ def test_crashing_variant_does_not_stop_the_others(smoke_run):
     log = crashed.stdout + crashed.stderr
     assert "Error in rule ssrl:" in log
     assert log.count("Error in rule") == 1
-    crash_log = (smoke_run.dir / "logs" / "smoke"
-                 / "ssrl_noisy_label_modeling~True_student_seconds~0.001.log")
-    assert "Padding size should be less than the corresponding input dimension" in (
-        crash_log.read_text())
-    assert not (smoke_run.results / "ssrl/noisy_label_modeling~True_student_seconds~0.001"
+    crash_log = (smoke_run.dir / "logs" / "smoke" / "seed0"
+                 / "ssrl_noisy_label_modeling~True_scale~1e+39.log")
+    assert "loss is nan at epoch 0 step 0" in crash_log.read_text()
+    assert not (smoke_run.results / "seed0/ssrl/noisy_label_modeling~True_scale~1e+39"
                 / "model.pt").exists()
     # --keep-going: everything else finished, and the tables say which one failed
     assert sorted(smoke_run.after_crash) == ["tables/partial/ablation.md",
                                              "tables/partial/main.md"]
-    ablation = smoke_run.after_crash["tables/partial/ablation.md"]
+    ablation = smoke_run.after_crash["tables/partial/ablation.md"].split("## Paired")[0]
     status = {line.split("|")[1].strip(): line.rstrip(" |").rsplit("|", 1)[-1].strip()
               for line in ablation.splitlines() if line.startswith("| ") and "variant" not in line}
     assert status == {"full": "ok", "no_nlm": "ok", "crash": "failed"}
     main = smoke_run.after_crash["tables/partial/main.md"]
-    assert "| SSRL |" in main and "failed" not in main
+    assert "| SSRL |" in main and "failed" not in main.split("## Paired")[0]
 
 
 def test_rerun_after_fixing_the_variant_redoes_only_that_variant(smoke_run):
@@ -286,9 +351,10 @@ def test_rerun_after_fixing_the_variant_redoes_only_that_variant(smoke_run):
     log = fixed.stdout + fixed.stderr
     rules = Counter(line.split()[-1].rstrip(":") for line in log.splitlines()
                     if line.startswith(("rule ", "localrule ")))
-    assert rules == {"ssrl": 1, "embed_test": 1, "score": 1, "tables": 1, "plots": 1, "all": 1}
-    assert "wildcards: noisy_label_modeling=True, student_seconds=0.75" in log
+    assert rules == {"job_config": 2, "ssrl": 1, "embed_test": 1, "score": 1, "tables": 1,
+                     "plots": 1, "all": 1}  # the new variant's config and the report's
+    assert "wildcards: seed=0, noisy_label_modeling=True, scale=24.0" in log
     ablation = (smoke_run.results / "tables" / "ablation.md").read_text()
-    assert "failed" not in ablation and "| crash | True | 0.8 |" in ablation
+    assert "failed" not in ablation and "| crash | 1 | True | 24.0 |" in ablation
     assert not (smoke_run.results / "tables" / "partial").exists()
     assert not (smoke_run.results / "plots" / "partial").exists()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ssrl.data.audio import AudioError, load_audio
+from ssrl.data.kaldi import read_kaldi_dir, read_trials
 from ssrl.files import InputError
-from ssrl.data.kaldi import AudioError, load_audio, read_kaldi_dir, read_trials
 
 
 def write(path: Path, text: str) -> Path:
@@ -115,11 +116,50 @@ def test_trial_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         read_trials(file)
     assert str(err.value) == (f"{file}:2: bad trial label 'maybe' (expected "
-                              "'enroll test target|nontarget' or '1|0 enroll test')")
+                              "'enroll test target|nontarget', '1|0 enroll test' or "
+                              "'enroll test')")
     write(file, "a b c target\n")
     with pytest.raises(InputError) as err:
         read_trials(file)
-    assert str(err.value) == f"{file}:1: expected 3 fields, got 4: 'a b c target'"
+    assert str(err.value) == f"{file}:1: expected 2 or 3 fields, got 4: 'a b c target'"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a b target\nc d nontarget\na b target\n",
+     "3: duplicate trial a b (first on line 1)"),
+    ("a b target\nc d nontarget\nb a target\n",  # the same pair in the other order
+     "3: duplicate trial b a (first on line 1)"),
+    ("a b target\nc d nontarget\n1 c d\n", "3: trial c d is target here but nontarget on "
+     "line 2"),
+    ("a b target\nc c target\n", "2: self trial: 'c' against itself"),
+    ("a b target\nc d\n", "2: unlabelled line in a list whose first line is labelled"),
+])
+def test_trial_lists_that_would_change_the_metrics_are_refused(tmp_path: Path, text: str,
+                                                                message: str) -> None:
+    """Duplicated, contradictory and self trials used to be scored (30 trials became 37)."""
+    file = write(tmp_path / "t", text)
+    with pytest.raises(InputError) as err:
+        read_trials(file)
+    assert str(err.value) == f"{file}:{message}"
+
+
+def test_unlabelled_trials_are_read_without_labels(tmp_path: Path) -> None:
+    trials = read_trials(write(tmp_path / "t", "a b\nc d\n"))
+    assert (trials.enroll, trials.test, trials.labels) == (["a", "c"], ["b", "d"], None)
+
+
+def test_bom_and_latin1_tables(tmp_path: Path) -> None:
+    """A byte-order mark is dropped; a latin-1 file is refused at its line, not mangled."""
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "wav.scp").write_bytes(b"\xef\xbb\xbfa a.wav\n")
+    (tmp_path / "utt2spk").write_text("a x\n")
+    data = read_kaldi_dir(tmp_path)
+    assert list(data.wavs) == ["a"] and data.utt2spk == {"a": "x"}
+    (tmp_path / "utt2spk").write_bytes("a Jos\u00e9\n".encode("latin-1"))
+    with pytest.raises(InputError) as err:
+        read_kaldi_dir(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'utt2spk'}:1: not UTF-8 text (byte 0xe9 at "
+                              "column 6); save the file as UTF-8")
 
 
 def test_trials_checked_when_reading_dir(data_dir: Path) -> None:

@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from ssrl.training.noisy_labels import LossMixture, clean_detection_rates, clean_posterior, fit_loss_mixture
+from ssrl.training.noisy_labels import (
+    LossMixture,
+    clean_detection_rates,
+    clean_posterior,
+    fit_loss_mixture,
+)
 
 
 def _bimodal_losses(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssrl.files import InputError
-from ssrl.data.kaldi import load_audio, read_kaldi_dir, read_trials
+from ssrl.data.audio import load_audio
+from ssrl.data.kaldi import read_kaldi_dir, read_trials
 from ssrl.data.prepare import (
     empty_dir,
     prepare_kaldi,
@@ -18,6 +18,7 @@ from ssrl.data.prepare import (
     prepare_voxceleb,
 )
 from ssrl.data.stores import WaveStore, build_wave_store
+from ssrl.files import InputError
 
 VOX1 = [f"{spk}/{video}/{n}.wav" for spk in ("id10001", "id10002")
         for video in ("1zcIwhmdeo4", "7gWzIy6yIIk") for n in ("00001", "00002")]
@@ -152,7 +153,9 @@ def test_prepare_kaldi(tmp_path: Path, make_wav) -> None:
     assert lines(out / "wav.scp") == [f"a {src / 'a.wav'}", f"b {src / 'b.wav'}"]
     assert lines(out / "utt2spk") == ["a x", "b y"]
     assert lines(out / "trials") == ["a b target"]
-    assert sorted(p.name for p in out.iterdir()) == ["trials", "utt2spk", "wav.scp"]
+    assert lines(out / "utt2origin") == [f"a {src / 'wav.scp'}:1", f"b {src / 'wav.scp'}:2"]
+    assert sorted(p.name for p in out.iterdir()) == [".ssrl-output", "trials", "utt2origin",
+                                                     "utt2spk", "wav.scp"]
 
     (src / "wav.scp").write_text("a a.wav\nb b.wav\nc c.wav\n")
     with pytest.raises(InputError) as err:

@@ -1,4 +1,6 @@
-"""Tables and plots from a hand-made results tree (2 rounds, 3 SSRL variants, one crashed)."""
+"""Tables and plots from a results tree made by the real score step: a systems table with two
+seeds, one crashed variant, the classical floor and the supervised topline. The tables' numbers
+are the score step's numbers (one number everywhere) with their intervals."""
 
 from __future__ import annotations
 
@@ -9,176 +11,200 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssrl.report.tables import parse_grid_dir, plot_history, write_plots, write_tables
+from ssrl.data.kaldi import read_kaldi_dir
+from ssrl.data.stores import build_wave_store
+from ssrl.evaluation.scoring import save_embeddings, score_lists
+from ssrl.report.plots import plot_history, write_plots
+from ssrl.report.tables import write_tables
 
-K = 8
-VARIANTS = {
-    "full": "noisy_label_modeling~True_queue_len~5",
-    "no_nlm": "noisy_label_modeling~False_queue_len~5",
-    "queue_1": "noisy_label_modeling~True_queue_len~1",  # never finished: no files
-}
-CFG = {
-    "config": {"experiment": "fake", "data": {"source": "builtin"}, "cluster": {"k": K},
-               "iterative": {"rounds": 2},
-               "ablation": {"variants": [{"name": "no_nlm", "noisy_label_modeling": False},
-                                         {"name": "queue_1", "queue_len": 1}]}},
-    "variants": VARIANTS,
-    "systems": ["dino", "iterative/round1", "iterative/round2",
-                *(f"ssrl/{d}" for d in VARIANTS.values())],
-}
-# EER per system on the single trial list "trials" (exact values checked in the tables).
-EER = {"dino": 20.5, "iterative/round1": 15.25, "iterative/round2": 12.0,
-       f"ssrl/{VARIANTS['full']}": 9.75, f"ssrl/{VARIANTS['no_nlm']}": 11.5}
-# Wall seconds and utterance passes of each stage.
-COMPUTE = {"dino": (600.0, 10.0), "iterative/round1": (120.0, 4.0),
-           "iterative/round2": (180.0, 4.0), f"ssrl/{VARIANTS['full']}": (300.0, 6.0),
-           f"ssrl/{VARIANTS['no_nlm']}": (240.0, 6.0)}
+N_SPK, N_UTT, DIM = 8, 4, 16
+# How well each system separates speakers (larger: better), per seed.
+QUALITY = {"baseline": {None: 0.6}, "dino": {0: 0.9, 1: 1.0}, "round1": {0: 1.1, 1: 1.2},
+           "round2": {0: 1.3, 1: 1.3}, "full": {0: 1.6, 1: 1.5}, "no_nlm": {0: 1.2, 1: 1.4},
+           "queue_1": {0: None, 1: 1.0}, "supervised": {0: 2.5, 1: 2.4}}
 
 
-def _write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
+def _row(name, kind, label, seed, folder, **extra):
+    trained = kind != "baseline"
+    return {"name": name, "kind": kind, "label": label, "seed": seed, "dir": folder,
+            "model": f"{folder}/model.pt" if trained else None,
+            "history": f"{folder}/history.json" if trained else None,
+            "compute": f"{folder}/compute.json" if trained else None, "labels": None,
+            "eval": f"eval/{folder}", "metrics": f"eval/{folder}/metrics.json",
+            "uses_labels": kind == "supervised", "variant": None, "round": None, "k": 8,
+            "epochs": 4, "switches": {}, "quality": None, "chain": [], **extra}
 
 
-def _scores_file(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    lines = [f"e{i} t{i} {'target' if i % 2 else 'nontarget'} {rng.normal(i % 2, 1.0):.6f}"
-             for i in range(60)]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _ssrl_history(n_epochs: int, nmi_end: float, clusters_end: int) -> list[dict]:
-    rows = []
-    for e in range(n_epochs):
-        rows.append({"epoch": e, "loss": 3.0 - e * 0.1, "n_clusters": float(K - e),
-                     "p_clean_mean": 0.8, "seconds": 10.0,
-                     "nmi": 0.5 + 0.05 * e, "purity": 0.6})
-        if e % 2 == 1:
-            rows[-1]["eer"] = 20.0 - e
-    rows[-1].update({"nmi": nmi_end, "n_clusters": float(clusters_end)})
+def systems() -> list[dict]:
+    rows = [_row("baseline", "baseline", "MFCC statistics (classical floor)", None, "baseline")]
+    for s in (0, 1):
+        dino = f"dino-seed{s}"
+        rows.append(_row(dino, "dino", "DINO", s, f"seed{s}/dino", chain=[dino],
+                         quality=f"seed{s}/cluster/dino_k8/quality.json"))
+        for r in (1, 2):
+            chain = [dino] + [f"iterative-round{i}-seed{s}" for i in range(1, r + 1)]
+            rows.append(_row(f"iterative-round{r}-seed{s}", "iterative", f"Iterative round {r}",
+                             s, f"seed{s}/iterative/round{r}", round=r, chain=chain,
+                             quality=f"seed{s}/cluster/dino_k8/quality.json"))
+        for v, switches in (("full", {"queue_len": 5}), ("no_nlm", {"queue_len": 5}),
+                            ("queue_1", {"queue_len": 1})):
+            name = f"ssrl-{v}-seed{s}"
+            rows.append(_row(name, "ssrl", "SSRL" if v == "full" else f"SSRL {v}", s,
+                             f"seed{s}/ssrl/{v}", variant=v, switches=switches,
+                             chain=[dino, name]))
+        rows.append(_row(f"supervised-seed{s}", "supervised", "Supervised topline", s,
+                         f"seed{s}/supervised", chain=[dino, f"supervised-seed{s}"]))
     return rows
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    root = tmp_path / "results" / "fake"
-    for i, (system, eer) in enumerate(EER.items()):
-        _write(root / "eval" / system / "metrics.json",
-               {"norm": "none", "trials": {"trials": {
-                   "eer": eer, "mindcf_0.01": 0.9, "mindcf_0.05": 0.5 + i / 100,
-                   "n_trials": 60, "n_target": 30}}})
-        _scores_file(root / "eval" / system / "scores_trials.txt", i)
-        seconds, passes = COMPUTE[system]
-        _write(root / system / "compute.json",
-               {"wall_seconds": seconds, "epochs": 4, "utterance_passes": passes})
-    _write(root / "dino" / "history.json",
-           [{"epoch": e, "loss": 5.0, "seconds": 1.0} for e in range(3)])
-    for r in (1, 2):
-        _write(root / f"iterative/round{r}" / "history.json",
-               [{"epoch": e, "loss": 2.0, "n_clusters": float(K), "p_clean_mean": 1.0,
-                 "nmi": 0.6 + 0.1 * r, "seconds": 1.0} for e in range(4)])
-    _write(root / f"ssrl/{VARIANTS['full']}" / "history.json", _ssrl_history(6, 0.875, 6))
-    _write(root / f"ssrl/{VARIANTS['no_nlm']}" / "history.json", _ssrl_history(6, 0.8125, 7))
-    for source, nmi, n in (("dino", 0.625, 8), ("round1", 0.75, 8), ("round2", 0.8, 8)):
-        _write(root / "cluster" / f"{source}_k{K}" / "quality.json",
-               {"k": K, "n_iter": 5, "converged": True, "nmi": nmi, "purity": 0.7,
-                "inverse_purity": 0.7, "hungarian_acc": 0.6, "n_clusters": n})
-    _write(root / "baseline.json", {"system": "mfcc_mean", "eer": 33.5, "mindcf_0.01": 1.0,
-                                    "mindcf_0.05": 0.99, "n_trials": 60, "n_target": 30})
-    return root
+def _key(row: dict) -> str:
+    return {"iterative": f"round{row['round']}", "ssrl": row["variant"]}.get(row["kind"],
+                                                                               row["kind"])
 
 
-def _csv_rows(path: Path) -> dict[str, dict[str, str]]:
-    with open(path) as f:
-        return {row.get("system") or row["variant"]: row for row in csv.DictReader(f)}
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, ) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("results") / "fake"
+    data = root.parent / "data"
+    data.mkdir()
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    utts = [f"s{s}u{u}" for s in range(N_SPK) for u in range(N_UTT)]
+    for utt in utts:
+        sf.write(data / f"{utt}.wav", 0.1 * rng.standard_normal(1600), 16000)
+    (data / "wav.scp").write_text("".join(f"{u} {u}.wav\n" for u in utts))
+    (data / "utt2spk").write_text("".join(f"{u} {u[:2]}\n" for u in utts))
+    pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
+    (data / "trials").write_text("".join(
+        f"{a} {b} {'target' if a[:2] == b[:2] else 'nontarget'}\n" for a, b in pairs))
+    build_wave_store(read_kaldi_dir(data), root / "store" / "test", min_seconds=0.0,
+                     progress=False)
+    spk_of = {u: int(u[1]) for u in utts}
+    centres = np.random.default_rng(1).standard_normal((N_SPK, DIM))
+    cfg = {"experiment": "fake", "data": {"source": "builtin"}, "systems": systems(),
+           "test_store": "store/test", "trial_order": ["trials"],
+           "eval": {"bootstrap": {"replicates": 200, "seed": 0, "confidence": 0.95}}}
+    for i, row in enumerate(cfg["systems"]):
+        quality = QUALITY[_key(row)][row["seed"]]
+        if quality is None:
+            continue  # crashed: no files at all
+        noise = np.random.default_rng(100 + i).standard_normal((len(utts), DIM))
+        emb = quality * centres[[spk_of[u] for u in utts]] + noise
+        save_embeddings(root / row["eval"] / "emb.npz", utts, emb)
+        score_lists(root / row["eval"] / "emb.npz", {"trials": data / "trials"},
+                    root / row["metrics"], utt2spk={u: u[:2] for u in utts},
+                    scores_dir=root / row["eval"], replicates=200, seed=0)
+        if row["kind"] == "baseline":
+            continue
+        history = [{"epoch": e, "loss": 3.0 - 0.1 * e, "n_clusters": 8 - (e > 2),
+                    "nmi": 0.5 + 0.05 * e, "p_clean_mean": 0.8, "seconds": 15.0}
+                   for e in range(1, 5)]
+        (root / row["dir"]).mkdir(parents=True, exist_ok=True)
+        (root / row["history"]).write_text(json.dumps(history))
+        (root / row["compute"]).write_text(json.dumps(
+            {"wall_seconds": 60.0 * (1 + (row["kind"] == "dino")), "epochs": 4,
+             "utterance_passes": 4.0}))
+        if row.get("quality"):
+            (root / row["quality"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / row["quality"]).write_text(json.dumps({"nmi": 0.45, "n_clusters": 8}))
+    write_tables(cfg, root, root / "tables")
+    write_plots(cfg, root, root / "plots")
+    return root, cfg
 
 
-def test_parse_grid_dir_with_underscored_keys():
-    keys = ["noisy_label_modeling", "queue_len", "dropout"]
-    assert parse_grid_dir("dropout~0.5_noisy_label_modeling~False_queue_len~5", keys) == {
-        "dropout": 0.5, "noisy_label_modeling": False, "queue_len": 5}
-    assert parse_grid_dir("full~True") == {"full": True}
-    assert parse_grid_dir("plain") == {}
+def _metrics(root: Path, folder: str) -> dict:
+    return json.loads((root / "eval" / folder / "metrics.json").read_text())["trials"]["trials"]
 
 
-def test_main_table_cells(root: Path, tmp_path: Path):
-    out = tmp_path / "tables"
-    write_tables(CFG, root, out)
-    rows = _csv_rows(out / "main.csv")
-    assert list(rows) == ["MFCC mean (crude baseline)", "DINO", "Iterative round 1",
-                          "Iterative round 2", "SSRL"]
-    assert float(rows["MFCC mean (crude baseline)"]["EER % (trials)"]) == 33.5
-    assert float(rows["SSRL"]["EER % (trials)"]) == 9.75
-    assert float(rows["Iterative round 1"]["minDCF 0.05 (trials)"]) == 0.51
-    # NMI: DINO and round r from the clustering they were trained on, SSRL from its history.
-    assert float(rows["DINO"]["NMI"]) == 0.625
-    assert float(rows["Iterative round 1"]["NMI"]) == 0.625
-    assert float(rows["Iterative round 2"]["NMI"]) == 0.75
-    assert float(rows["SSRL"]["NMI"]) == 0.875
-    assert rows["SSRL"]["clusters"] == "6"
-    # Cumulative compute from scratch: round 2 = DINO + round 1 + round 2; SSRL = DINO + SSRL.
-    assert float(rows["Iterative round 2"]["cumulative min"]) == (600 + 120 + 180) / 60
-    assert float(rows["Iterative round 2"]["cumulative passes"]) == 18.0
-    assert float(rows["SSRL"]["stage min"]) == 5.0
-    assert float(rows["SSRL"]["cumulative min"]) == 15.0
-    assert float(rows["SSRL"]["cumulative passes"]) == 16.0
-    assert {r["status"] for r in rows.values()} == {"ok"}
-    md = (out / "main.md").read_text()
-    assert "| Iterative round 2 | 12.000 |" in md
-    assert "| SSRL | 9.750 |" in md
-    assert "Published" not in md  # only for VoxCeleb
+def md_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not set(line) <= set("|-: "):
+            rows[cells[0]] = cells
+    return rows
 
 
-def test_ablation_table_marks_missing_variant_failed(root: Path, tmp_path: Path):
-    out = tmp_path / "tables"
-    write_tables(CFG, root, out)
-    rows = _csv_rows(out / "ablation.csv")
-    assert list(rows) == ["full", "no_nlm", "queue_1"]
-    assert rows["no_nlm"]["noisy_label_modeling"] == "False"
-    assert rows["queue_1"]["queue_len"] == "1"
-    assert float(rows["no_nlm"]["EER % (trials)"]) == 11.5
-    assert float(rows["no_nlm"]["NMI"]) == 0.8125
-    assert rows["no_nlm"]["clusters"] == "7"
-    assert float(rows["no_nlm"]["stage min"]) == 4.0
-    assert [rows[n]["status"] for n in rows] == ["ok", "ok", "failed"]
-    assert rows["queue_1"]["EER % (trials)"] == ""
-    md = (out / "ablation.md").read_text()
-    assert "| queue_1 |" in md and "failed" in md
+def test_single_seed_cells_are_the_score_steps_numbers(tree):
+    root, _ = tree
+    main = md_rows((root / "tables" / "main.md").read_text())
+    m = _metrics(root, "baseline")
+    lo, hi = m["ci"]["eer"]
+    assert main["MFCC statistics (classical floor)"][2] == f"{m['eer']:.1f} [{lo:.1f}, {hi:.1f}]"
+    assert main["MFCC statistics (classical floor)"][1] == "1"
 
 
-def test_voxceleb_tables_quote_published_numbers(root: Path, tmp_path: Path):
-    cfg = json.loads(json.dumps(CFG))
-    cfg["config"]["data"]["source"] = "voxceleb"
-    write_tables(cfg, root, tmp_path / "t")
-    md = (tmp_path / "t" / "main.md").read_text()
-    published = md.split("Published (quoted, not measured here)")[1]
-    assert "| WeSpeaker DINO ECAPA c1024, 150 epochs | 2.627 | 2.665 | 4.644 |" in published
-    assert "| sslsv DINO ECAPA-1024 | 2.82 | – | – |" in published
+def test_seed_rows_give_mean_and_sd_and_csv_has_every_seed(tree):
+    root, _ = tree
+    main = md_rows((root / "tables" / "main.md").read_text())
+    eers = [_metrics(root, f"seed{s}/ssrl/full")["eer"] for s in (0, 1)]
+    cell = main["SSRL"][2]
+    assert main["SSRL"][1] == "2"
+    assert cell.startswith(f"{np.mean(eers):.1f} ± {np.std(eers, ddof=1):.1f} [")
+    with open(root / "tables" / "main.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["key"] == "ssrl-full"]
+    assert [r["seed"] for r in rows] == ["0", "1", "mean"]
+    assert float(rows[0]["EER %"]) == pytest.approx(eers[0])
+    assert float(rows[0]["EER % CI low"]) == pytest.approx(
+        _metrics(root, "seed0/ssrl/full")["ci"]["eer"][0])
+    assert float(rows[2]["EER %"]) == pytest.approx(np.mean(eers))
+    assert float(rows[2]["EER % CI low"]) < float(rows[2]["EER %"]) < float(
+        rows[2]["EER % CI high"])
 
 
-def test_plots_written(root: Path, tmp_path: Path):
-    out = tmp_path / "plots"
-    write_plots(CFG, root, out)
-    for name in ("trajectories.png", "det.png"):
-        data = (out / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    assert sorted(p.name for p in out.iterdir()) == ["det.png", "trajectories.png"]
+def test_paired_comparisons_and_gap_closed(tree):
+    root, _ = tree
+    text = (root / "tables" / "main.md").read_text()
+    paired = md_rows(text.split("## Paired comparisons")[1])
+    assert list(paired)[1:4] == ["SSRL − Iterative round 2", "SSRL − DINO",
+                                 "DINO − MFCC statistics (classical floor)"]
+    m = {k: [_metrics(root, f"seed{s}/{k}")["eer"] for s in (0, 1)]
+         for k in ("ssrl/full", "dino", "supervised")}
+    delta = np.mean(np.subtract(m["ssrl/full"], m["dino"]))
+    assert paired["SSRL − DINO"][1].startswith(f"{delta:.1f} [")
+    with open(root / "tables" / "main_paired.csv") as f:
+        rows = {(r["comparison"], r["metric"]): r for r in csv.DictReader(f)}
+    row = rows[("SSRL − DINO", "eer")]
+    assert float(row["delta"]) == pytest.approx(delta) and row["n_seeds"] == "2"
+    assert row["excludes_zero"] == str(float(row["ci_high"]) < 0 or float(row["ci_low"]) > 0)
+    gap = np.mean([100 * (d - s) / (d - t) for d, s, t in zip(m["dino"], m["ssrl/full"],
+                                                            m["supervised"])])
+    with open(root / "tables" / "main.csv") as f:
+        mean_row = next(r for r in csv.DictReader(f)
+                        if r["key"] == "ssrl-full" and r["seed"] == "mean")
+    assert float(mean_row["gap closed %"]) == pytest.approx(gap)
+    main = md_rows(text.split("## Paired comparisons")[0])
+    assert main["SSRL"][7].startswith(f"{gap:.0f} [")
+    assert main["Supervised topline (true labels)"][-1] == "ok"
 
 
-def test_plot_history_skips_missing_keys(tmp_path: Path):
-    path = tmp_path / "h.png"
-    plot_history([{"epoch": 0, "loss": 1.0, "n_clusters": 5.0},
-                  {"epoch": 1, "loss": 0.9, "n_clusters": 4.0, "eer_O": 12.0}], path, "run")
-    assert path.read_bytes()[:4] == b"\x89PNG"
+def test_crashed_variant_is_failed_not_hidden(tree):
+    root, _ = tree
+    ablation = (root / "tables" / "ablation.md").read_text()
+    rows = md_rows(ablation.split("## Paired comparisons")[0])
+    assert rows["queue_1"][-1] == "failed" and rows["full"][-1] == "ok"
+    assert rows["no_nlm"][2] == "5" and rows["queue_1"][2] == "1"  # the switch column
+    paired = md_rows(ablation.split("## Paired comparisons")[1])
+    assert "no_nlm − full" in paired
 
 
-def test_missing_round_is_failed_and_has_no_partial_total(root: Path, tmp_path: Path):
-    (root / "eval/iterative/round2/metrics.json").unlink()
-    (root / "iterative/round2/compute.json").unlink()
-    write_tables(CFG, root, tmp_path / "t")
-    rows = _csv_rows(tmp_path / "t" / "main.csv")
-    assert rows["Iterative round 2"]["status"] == "failed"
-    assert rows["Iterative round 2"]["EER % (trials)"] == ""
-    assert rows["Iterative round 2"]["cumulative min"] == ""  # never a silently partial sum
-    assert float(rows["Iterative round 1"]["cumulative min"]) == 12.0
-    assert rows["SSRL"]["status"] == "ok"
+def test_compute_columns_add_up_the_chain(tree):
+    root, _ = tree
+    main = md_rows((root / "tables" / "main.md").read_text().split("## Paired")[0])
+    header = list(md_rows((root / "tables" / "main.md").read_text())["system"])
+    col = header.index("cumulative passes")
+    assert main["Iterative round 2"][col] == "12.0"  # DINO 4 + rounds 4 + 4
+    assert main["SSRL"][col] == "8.0"
+
+
+def test_plots_written(tree):
+    root, _ = tree
+    for name in ("dynamics.png", "trajectories.png", "det.png"):
+        data = (root / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_history_skips_missing_keys(tmp_path):
+    plot_history([{"epoch": 1, "loss": 1.0, "seconds": 1.0}], tmp_path / "t.png", "x")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-from ssrl.files import InputError, save_npz
 from ssrl.evaluation.scoring import (
     as_norm_scores,
     cohort_from_clusters,
     cosine_scores,
     load_embeddings,
+    read_scores,
     save_embeddings,
     write_scores,
 )
+from ssrl.files import InputError, save_npz
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -119,7 +120,16 @@ def test_embeddings_roundtrip_and_bad_files(tmp_path):
         load_embeddings(tmp_path / "none.npz")
 
 
-def test_write_scores(tmp_path):
+def test_score_files_are_in_the_order_speech_tools_read(tmp_path):
+    """`enroll test score [label]`, as Kaldi and WeSpeaker's compute_metrics.py read them."""
     path = tmp_path / "scores.txt"
-    write_scores(path, ["a", "b"], ["c", "d"], np.array([1, 0]), np.array([0.5, -0.25]))
-    assert path.read_text() == "a c target 0.500000\nb d nontarget -0.250000\n"
+    write_scores(path, ["a", "b"], ["c", "d"], np.array([0.5, -0.25]), np.array([1, 0]))
+    assert path.read_text() == "a c 0.500000 target\nb d -0.250000 nontarget\n"
+    scores, labels = read_scores(path)
+    assert scores.tolist() == [0.5, -0.25] and labels.tolist() == [True, False]
+    # WeSpeaker's reader: the third column is the score, the fourth the label
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert [float(r[2]) for r in rows] == [0.5, -0.25] and [r[3] for r in rows] == [
+        "target", "nontarget"]
+    write_scores(path, ["a"], ["c"], np.array([0.125]))
+    assert path.read_text() == "a c 0.125000\n" and read_scores(path)[1] is None

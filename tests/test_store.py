@@ -12,9 +12,9 @@ import soundfile as sf
 import torch
 
 import ssrl.data.stores
-from ssrl.files import InputError
 from ssrl.data.kaldi import read_kaldi_dir
 from ssrl.data.stores import FeatStore, WaveStore, build_feat_store, build_wave_store
+from ssrl.files import InputError
 
 LENGTHS = {"u1": 0.75, "u2": 1.0, "u3": 0.5, "u4": 1.25}  # seconds
 
@@ -61,7 +61,8 @@ def test_round_trip(data_dir: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.full(i), pcm.astype(np.float32) / 32768)
     assert store.index_of("u3") == 2
     assert report == {"source": str(data_dir), "n_utts": 4, "n_skipped": 0, "skipped": [],
-                      "total_seconds": 3.5, "n_trials": {"O": 3}, "trials_dropped": {"O": 0}}
+                      "n_rescaled": 0, "total_seconds": 3.5, "n_trials": {"O": 3},
+                      "trials_dropped": {"O": 0}}
     assert store.trials == {"O": tmp_path / "store" / "trials" / "O"}
     assert store.trials["O"].read_text() == "u1 u3 target\nu1 u2 nontarget\nu2 u4 nontarget\n"
     assert store.meta["trials"] == {"O": str(tmp_path / "store" / "trials" / "O")}

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from ssrl.data import synth
-from ssrl.files import InputError, read_json, read_map, read_table
 from ssrl.data.synth import CorpusSpec, generate_corpus
+from ssrl.files import InputError, read_json, read_map, read_table
 
 SMALL = dict(train_speakers=3, train_utts_per_speaker=4, sessions_per_speaker=2,
              test_speakers=4, test_utts_per_speaker=4, min_dur=1.0, max_dur=2.0,
@@ -44,7 +44,8 @@ def test_same_seed_same_bytes_other_seed_differs(corpus: Path, tmp_path: Path) -
 
 def test_layout_and_summary(corpus: Path) -> None:
     assert sorted(p.name for p in corpus.iterdir()) == [
-        "noise", "rir", "speakers.json", "summary.json", "test", "train"]
+        ".ssrl-output", "dev", "noise", "rir", "speakers.json", "summary.json", "test", "train"]
+    assert (corpus / "dev" / "wav.scp").read_text() == ""  # no dev speakers in this spec
     summary = read_json(corpus / "summary.json")
     assert summary["seed"] == 7
     assert summary["train"]["utterances"] == 12 and summary["train"]["sessions"] == 6

@@ -220,7 +220,14 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self) -> None:
+        """Start the server; a no-op while it runs (a second server would orphan the first)."""
+        if self.running:
+            return
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers
         env.pop("MLFLOW_TRACKING_URI", None)

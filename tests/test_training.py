@@ -12,18 +12,20 @@ from conftest import tiny_corpus
 from torch import nn
 
 from ssrl.config import load_config
-from ssrl.models.heads import AAMSoftmax
-from ssrl.training.label_queue import LabelQueue
 from ssrl.data.stores import WaveStore
+from ssrl.models.heads import AAMSoftmax
 from ssrl.training.dino import dino_loss, train_dino, updated_center
+from ssrl.training.ema import ema_update, frozen_copy
+from ssrl.training.job import Inputs
+from ssrl.training.optim import cosine_schedule, linear_schedule
 from ssrl.training.ssrl import (
+    LabelState,
     SpeakerClassifier,
     lr_schedule,
     refresh_labels,
     train_ssrl,
     weighted_loss,
 )
-from ssrl.training.runtime import cosine_schedule, ema_update, frozen_copy, linear_schedule
 
 # --- DINO -----------------------------------------------------------------------------------
 
@@ -122,50 +124,54 @@ def test_noisy_label_weighting_and_plain_mean():
     assert weighted_loss(ce, w).item() == pytest.approx((0.5 + 0.5 + 1.5) / 1.0)
 
 
+def _state(kmeans, queue_len, n_classes=None) -> LabelState:
+    kmeans = np.asarray(kmeans)
+    return LabelState.start(kmeans, n_classes or int(kmeans.max()) + 1, queue_len)
+
+
+def _refresh(c, epoch, state, teacher) -> float:
+    state.recorded_label = np.asarray(teacher, dtype=np.int64)
+    return refresh_labels(c, epoch, state)
+
+
 def test_labels_stay_frozen_during_hold_epochs_then_follow_the_vote():
-    kmeans = np.array([0, 0, 1, 1])
-    queue = LabelQueue(kmeans, 1)
-    labels, active = kmeans.copy(), np.ones(2, dtype=bool)
-    teacher = np.array([1, 0, 1, 0])
+    state = _state([0, 0, 1, 1], 1)
+    teacher = [1, 0, 1, 0]
     for epoch in range(4):  # epochs 0..3 of a 5-epoch hold: unchanged
-        labels, active, changed = refresh_labels(SCHEDULE, epoch, queue, labels, teacher, active)
-        assert labels.tolist() == [0, 0, 1, 1] and changed == 0.0
-    labels, active, changed = refresh_labels(SCHEDULE, 4, queue, labels, teacher, active)
-    assert labels.tolist() == [1, 0, 1, 0]  # Q=1: plain relabelling with the teacher's labels
+        changed = _refresh(SCHEDULE, epoch, state, teacher)
+        assert state.labels.tolist() == [0, 0, 1, 1] and changed == 0.0
+    changed = _refresh(SCHEDULE, 4, state, teacher)
+    assert state.labels.tolist() == [1, 0, 1, 0]  # Q=1: plain relabelling with the teacher's
     assert changed == 0.5
 
 
 def test_queue_smooths_labels_by_majority():
-    kmeans = np.array([0, 0, 0])
-    queue = LabelQueue(kmeans, 5)  # starts with two copies of the k-means label
-    labels, active = kmeans.copy(), np.ones(3, dtype=bool)
+    state = _state([0, 0, 0], 5, n_classes=3)  # starts with two copies of the k-means label
     hold = {"hold_epochs": 1}
-    labels, active, _ = refresh_labels(hold, 0, queue, labels, np.array([1, 0, 2]), active)
-    assert labels.tolist() == [0, 0, 0]  # one new vote cannot outvote two k-means copies
-    labels, active, _ = refresh_labels(hold, 1, queue, labels, np.array([1, 0, 2]), active)
-    assert labels.tolist() == [0, 0, 0]  # 2 vs 2: the tie goes to the older label
-    labels, active, _ = refresh_labels(hold, 2, queue, labels, np.array([1, 0, 2]), active)
-    assert labels.tolist() == [1, 0, 2]  # 3 vs 2
+    _refresh(hold, 0, state, [1, 0, 2])
+    assert state.labels.tolist() == [0, 0, 0]  # one new vote cannot outvote two k-means copies
+    _refresh(hold, 1, state, [1, 0, 2])
+    assert state.labels.tolist() == [0, 0, 0]  # 2 vs 2: the tie goes to the older label
+    _refresh(hold, 2, state, [1, 0, 2])
+    assert state.labels.tolist() == [1, 0, 2]  # 3 vs 2
 
 
 def test_emptied_cluster_is_removed_for_good_and_masked():
-    kmeans = np.array([0, 1, 2, 2])
-    queue = LabelQueue(kmeans, 3)  # one k-means copy each
-    labels, active = kmeans.copy(), np.ones(3, dtype=bool)
+    state = _state([0, 1, 2, 2], 3)  # one k-means copy each
     hold = {"hold_epochs": 1}
-    labels, active, _ = refresh_labels(hold, 0, queue, labels, np.array([0, 1, 1, 1]), active)
+    _refresh(hold, 0, state, [0, 1, 1, 1])
     # queues: [0,0] [1,1] [2,1] [2,1] -> ties to the older label keep cluster 2 alive
-    assert labels.tolist() == [0, 1, 2, 2] and active.all()
-    labels, active, _ = refresh_labels(hold, 1, queue, labels, np.array([0, 1, 1, 1]), active)
-    assert labels.tolist() == [0, 1, 1, 1]
-    assert active.tolist() == [True, True, False]  # cluster 2 emptied: removed
+    assert state.labels.tolist() == [0, 1, 2, 2] and state.active.all()
+    _refresh(hold, 1, state, [0, 1, 1, 1])
+    assert state.labels.tolist() == [0, 1, 1, 1]
+    assert state.active.tolist() == [True, True, False]  # cluster 2 emptied: removed
     # Even if the queue still votes for cluster 2, it never comes back.
-    queue.queue[3] = [2, 2, 2]
-    labels, active, _ = refresh_labels(hold, 2, queue, labels, np.array([0, 1, 1, -1]), active)
-    assert 2 not in labels.tolist() and active.tolist() == [True, True, False]
+    state.queue.queue[3] = [2, 2, 2]
+    _refresh(hold, 2, state, [0, 1, 1, -1])
+    assert 2 not in state.labels.tolist() and state.active.tolist() == [True, True, False]
     # ...and the teacher and student cannot pick or train on it: its logit is -inf.
     head = AAMSoftmax(4, 3)
-    cos = head.cosine(torch.randn(6, 4), torch.from_numpy(active))
+    cos = head.cosine(torch.randn(6, 4), torch.from_numpy(state.active))
     assert torch.isinf(cos[:, 2]).all() and (cos.argmax(dim=1) != 2).all()
 
 
@@ -184,9 +190,10 @@ def tiny(tmp_path_factory):
                  "local_seconds": 0.5, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
                  "warmup_epochs": 1, "lr": 0.05},
         "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "student_seconds": 1.0,
-                 "teacher_seconds": 1.5, "warm_epochs": 1, "hold_epochs": 2,
-                 "record_from_epoch": 0, "eval_every": 3},
+                 "teacher_seconds": 1.5, "warm_epochs": 1, "hold_epochs": 2, "queue_len": 3,
+                 "eval_every": 3},
     })
+    cfg["seed"] = 0
     cfg["model"] = {"preset": "ecapa_tiny", "channels": 16, "embed_dim": 16, "scale": 2,
                     "se_channels": 8, "attention_channels": 8}
     return root, cfg
@@ -195,18 +202,21 @@ def tiny(tmp_path_factory):
 def test_short_dino_run_lowers_the_loss(tiny):
     root, cfg = tiny
     s = root / "store"
-    train_dino(cfg, s / "train", s / "noise", s / "rir", root / "dino")
+    compute = train_dino(cfg, Inputs(s / "train", s / "noise", s / "rir"), root / "dino")
     history = __import__("json").loads((root / "dino" / "history.json").read_text())
-    assert len(history) == 4
+    assert len(history) == 4 and [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert (root / "dino" / "model.pt").exists() and (root / "dino/checkpoint/last.pt").exists()
+    assert compute["epochs"] == 4 and compute["steps"] == 12
+    assert compute["utterance_passes"] == pytest.approx(12 * 8 / 16)
+    # a finished job leaves no resume point that a changed rerun could pick up
+    assert (root / "dino" / "model.pt").exists() and not (root / "dino/checkpoint").exists()
 
 
 def test_short_ssrl_run_tracks_clusters_and_evaluates(tiny):
     root, cfg = tiny
     s = root / "store"
     if not (root / "dino" / "model.pt").exists():
-        train_dino(cfg, s / "train", s / "noise", s / "rir", root / "dino")
+        train_dino(cfg, Inputs(s / "train", s / "noise", s / "rir"), root / "dino")
     store = WaveStore(s / "train")
     k = 6
     rng = np.random.default_rng(0)
@@ -214,12 +224,14 @@ def test_short_ssrl_run_tracks_clusters_and_evaluates(tiny):
     centroids = rng.standard_normal((k, 16)).astype(np.float32)
     np.savez(root / "labels.npz", utt_ids=np.array(store.utt_ids), labels=labels,
              centroids=centroids)
-    history = train_ssrl(cfg, s / "train", s / "noise", s / "rir", root / "dino" / "model.pt",
-                         root / "labels.npz", root / "ssrl", test_store=s / "test")
+    train_ssrl(cfg, Inputs(s / "train", s / "noise", s / "rir", dev=s / "test",
+                           init=root / "dino" / "model.pt", labels=root / "labels.npz"),
+               root / "ssrl")
+    history = __import__("json").loads((root / "ssrl" / "history.json").read_text())
     counts = [row["n_clusters"] for row in history]
     assert len(history) == 3 and counts[0] <= k
     assert all(a >= b for a, b in zip(counts, counts[1:]))  # only ever falls
-    assert 0.0 <= history[-1]["nmi"] <= 1.0 and math.isfinite(history[-1]["eer"])
+    assert 0.0 <= history[-1]["nmi"] <= 1.0 and math.isfinite(history[-1]["dev/eer"])
     assert "changed" in history[-1] and 0.0 < history[-1]["p_clean_mean"] <= 1.0
     with np.load(root / "ssrl" / "labels.npz") as z:
         final = z["labels"]

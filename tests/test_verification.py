@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from ssrl.evaluation.metrics import det_curve, eer, evaluate, min_dcf, plot_det
+from ssrl.evaluation.metrics import det_curve, eer, evaluate, min_dcf
+from ssrl.report.plots import plot_det
 
 # 3 targets / 2 non-targets, sorted: .2T .4N .6T .7N .8T. Operating points (fpr, fnr):
 # (1,0) (1,1/3) (.5,1/3) (.5,2/3) (0,2/3) (0,1).

@@ -10,8 +10,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MAIN_SYSTEMS = ["MFCC mean (crude baseline)", "DINO", "Iterative round 1", "Iterative round 2",
-                "SSRL"]
+MAIN_SYSTEMS = ["MFCC statistics (classical floor)", "DINO", "Iterative round 1",
+                "Iterative round 2", "SSRL", "Supervised topline (true labels)"]
 VARIANTS = ["full", "no_nlm", "crash"]
 
 
@@ -31,26 +31,45 @@ def test_workflow_finishes(smoke_run):
 
 def test_tables(smoke_run):
     tables = smoke_run.results / "tables"
-    main = table_rows((tables / "main.md").read_text())
+    main = table_rows((tables / "main.md").read_text().split("## Paired")[0])
     assert list(main) == MAIN_SYSTEMS
     assert all(cells[-1] == "ok" for cells in main.values())
-    for system in MAIN_SYSTEMS:  # EER of the default trial list, a percentage
-        assert 0.0 <= float(main[system][1]) <= 100.0
+    for system in MAIN_SYSTEMS:  # EER with its interval: "x [lo, hi]", a percentage
+        value, interval = main[system][2].split(" [")
+        lo, hi = (float(v) for v in interval.rstrip("]").split(", "))
+        assert 0.0 <= lo <= float(value) <= hi <= 100.0
     ablation_md = (tables / "ablation.md").read_text()
-    ablation = table_rows(ablation_md)
+    ablation = table_rows(ablation_md.split("## Paired")[0])
     assert list(ablation) == VARIANTS
     assert all(cells[-1] == "ok" for cells in ablation.values())
-    header = ablation_md.splitlines()[2]
-    assert header.startswith("| variant | noisy_label_modeling | student_seconds | EER % (trials)")
-    assert ablation["no_nlm"][1:3] == ["False", "1.0"]
-    assert ablation["full"][1:3] == ["True", "1.0"]
+    header = [line for line in ablation_md.splitlines() if line.startswith("| variant")][0]
+    assert header.startswith("| variant | seeds | noisy_label_modeling | scale | EER % |")
+    assert ablation["no_nlm"][2:4] == ["False", "32.0"]
+    assert ablation["full"][2:4] == ["True", "32.0"]
+    assert "| no_nlm − full |" in ablation_md and "| crash − full |" in ablation_md
     for name in ("main", "ablation"):
         assert (tables / f"{name}.csv").read_text().count("\n") == 1 + len(
             MAIN_SYSTEMS if name == "main" else VARIANTS)
 
 
+def test_one_number_everywhere(smoke_run, runs):
+    """The table's EER of every system is its score step's number and its MLflow test/eer."""
+    import json
+
+    client, found = runs
+    by_name = {r.info.run_name: r for r in found if r.info.status == "FINISHED"}
+    for system, run in (("seed0/dino", "dino-seed0"), ("baseline", "baseline"),
+                        ("seed0/iterative/round2", "iterative-round2-seed0"),
+                        ("seed0/supervised", "supervised-seed0")):
+        metrics = json.loads((smoke_run.results / "eval" / system / "metrics.json").read_text())
+        eer = metrics["trials"]["trials"]["eer"]
+        assert by_name[run].data.metrics["test/eer"] == eer, system
+        for key in ("mindcf_0.01", "mindcf_0.05"):
+            assert by_name[run].data.metrics[f"test/{key}"] == metrics["trials"]["trials"][key]
+
+
 def test_plots(smoke_run):
-    for name in ("trajectories.png", "det.png"):
+    for name in ("dynamics.png", "trajectories.png", "det.png"):
         data = (smoke_run.results / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
@@ -69,7 +88,7 @@ def test_lint(smoke_run):
 
 @pytest.fixture(scope="module")
 def runs(smoke_run):
-    client = mlflow.MlflowClient(f"sqlite:///{smoke_run.dir / 'results' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{smoke_run.results.parent / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
     assert exp is not None
     found = client.search_runs([exp.experiment_id], max_results=100)
@@ -81,36 +100,48 @@ def test_mlflow_runs(runs):
     by_name: dict[str, list] = {}
     for run in found:
         by_name.setdefault(run.info.run_name, []).append(run)
-    expected = ["dino", "iterative-round1", "iterative-round2", "ssrl-full", "ssrl-no_nlm"]
+    expected = ["baseline", "dino-seed0", "iterative-round1-seed0", "iterative-round2-seed0",
+                "ssrl-full-seed0", "ssrl-no_nlm-seed0", "supervised-seed0"]
     for name in expected:
         assert [r.info.status for r in by_name[name]] == ["FINISHED"], name
     # the crashed variant's run stays FAILED; the corrected variant is a new, finished run
-    assert sorted(r.info.status for r in by_name["ssrl-crash"]) == ["FAILED", "FINISHED"]
-    assert set(by_name) == {*expected, "ssrl-crash", "ablation-smoke"}
+    assert sorted(r.info.status for r in by_name["ssrl-crash-seed0"]) == ["FAILED", "FINISHED"]
+    assert set(by_name) == {*expected, "ssrl-crash-seed0", "ablation-smoke", "iterative-smoke"}
 
-    full = by_name["ssrl-full"][0]
-    assert full.data.params["ssrl.queue_len"] == "5"
+    full = by_name["ssrl-full-seed0"][0]
+    assert full.data.params["ssrl.queue_len"] == "3"
     assert full.data.params["ssrl.noisy_label_modeling"] == "True"
-    assert by_name["ssrl-no_nlm"][0].data.params["ssrl.noisy_label_modeling"] == "False"
+    assert by_name["ssrl-no_nlm-seed0"][0].data.params["ssrl.noisy_label_modeling"] == "False"
     assert full.data.tags["stage"] == "ssrl" and full.data.tags["variant"] == "full"
+    assert full.data.tags["seed"] == "0"
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", full.data.tags["git_commit"])
-    assert by_name["dino"][0].data.params["dino.epochs"] == "1"
+    # the k, epochs and seed each job actually used
+    assert (full.data.params["job.k"], full.data.params["job.epochs"],
+            full.data.params["job.seed"]) == ("6", "3", "0")
+    round1 = by_name["iterative-round1-seed0"][0]
+    assert round1.data.params["job.epochs"] == "1" and round1.data.params["iterative.epochs"] == "1"
+    assert "ssrl.epochs" in round1.data.params and "ssrl.queue_len" not in round1.data.params
+    assert by_name["dino-seed0"][0].data.params["dino.epochs"] == "1"
+    assert by_name["supervised-seed0"][0].data.tags["uses_labels"] == "True"
 
     history = client.get_metric_history(full.info.run_id, "n_clusters")
-    assert sorted(m.step for m in history) == [0, 1, 2]  # one per SSRL epoch
+    assert sorted(m.step for m in history) == [1, 2, 3]  # one per SSRL epoch, 1-based
     assert all(1 <= m.value <= 6 for m in history)
-    assert [m.step for m in client.get_metric_history(
-        by_name["dino"][0].info.run_id, "epoch_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(full.info.run_id, "dev/eer")] == [3]
+    dino = by_name["dino-seed0"][0].info.run_id
+    assert [m.step for m in client.get_metric_history(dino, "loss")] == [1]
+    assert [m.step for m in client.get_metric_history(dino, "step/loss")] == [1]
 
 
-def test_ablation_runs_share_a_sweep_parent(runs):
+def test_sweeps_have_parents(runs):
     _, found = runs
-    parents = [r for r in found if r.data.tags.get("sweep_parent") == "true"]
-    assert [r.info.run_name for r in parents] == ["ablation-smoke"]
+    parents = {r.info.run_name: r for r in found if r.data.tags.get("sweep_parent") == "true"}
+    assert sorted(parents) == ["ablation-smoke", "iterative-smoke"]
     children = [r for r in found if r.info.run_name.startswith("ssrl-")]
     assert len(children) == 4
     for run in children:
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == parents["ablation-smoke"].info.run_id
         assert run.data.tags["sweep"] == "ablation-smoke"
-    rounds = [r for r in found if r.info.run_name.startswith("iterative-")]
-    assert all("mlflow.parentRunId" not in r.data.tags for r in rounds)
+    rounds = [r for r in found if r.info.run_name.startswith("iterative-round")]
+    assert len(rounds) == 2 and all(r.data.tags["mlflow.parentRunId"] == parents[
+        "iterative-smoke"].info.run_id for r in rounds)

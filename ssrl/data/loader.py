@@ -20,11 +20,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssrl.data.audio import SAMPLE_RATE
 from ssrl.data.augment import Augmenter, AugPlan
 from ssrl.data.stores import WaveStore
-from ssrl.training.runtime import Dist, epoch_order, step_indices
+from ssrl.training.runtime import Dist
 
-SAMPLE_RATE = 16000
+
+def batches_per_epoch(n_items: int, batch_size: int, steps: int | None) -> int:
+    """Steps in one epoch: a fixed count when configured, else one pass (drop the last partial)."""
+    return int(steps) if steps else max(n_items // batch_size, 1)
+
+
+def epoch_order(n_items: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's utterance order, a function of (seed, epoch) only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 2**32 - 1])).permutation(
+        n_items)
+
+
+def step_indices(order: np.ndarray, step: int, batch_size: int) -> np.ndarray:
+    """Utterances of one step; wraps around so fixed step counts can exceed one pass."""
+    start = step * batch_size
+    return order[np.arange(start, start + batch_size) % len(order)]
 
 
 @dataclass(frozen=True)

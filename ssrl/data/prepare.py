@@ -1,8 +1,13 @@
-"""Turn corpora as distributed (VoxCeleb1/2, MUSAN, RIRS_NOISES, any Kaldi dir) into data folders.
+"""Turn corpora as distributed (VoxCeleb1/2, MUSAN, RIRS_NOISES, any Kaldi dir, the built-in
+corpus) into the data folders the workflow reads: train/, dev/, test/, noise/, rir/.
 
 Only lists are written here (wav.scp with absolute paths, utt2spk, ...); audio is decoded once,
 later, when the wave store is built. Each folder is written whole into a temporary folder and
 renamed, so a failed preparation never leaves a partial folder behind.
+
+The dev set (in-training evaluation, choosing defaults) must share no speaker with test. When a
+dev folder has speakers but no trial list, one is drawn here from its utt2spk (cross-session
+targets, `DEV_NONTARGETS_PER_TARGET` non-targets each, at most `DEV_MAX_TARGETS` targets).
 """
 
 from __future__ import annotations
@@ -12,8 +17,20 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ssrl.files import InputError, atomic_dir, write_table
-from ssrl.data.kaldi import UTT_MAPS, read_kaldi_dir, read_trials, trial_rows
+import numpy as np
+
+from ssrl.data.kaldi import (
+    UTT_MAPS,
+    make_trials,
+    read_kaldi_dir,
+    read_trials,
+    trial_rows,
+)
+from ssrl.files import InputError, atomic_dir, check_apart, write_json, write_table
+
+SETS = ("train", "dev", "test", "noise", "rir")
+DEV_NONTARGETS_PER_TARGET = 4
+DEV_MAX_TARGETS = 20000
 
 VOX_SUFFIXES = (".wav", ".flac", ".m4a")  # preference order when one utterance has several
 MUSAN_CATEGORIES = ("music", "noise", "speech")
@@ -90,9 +107,10 @@ def prepare_trials(files: dict[str, str | os.PathLike], out: str | os.PathLike) 
         if not _TRIAL_NAME.match(name):
             raise InputError(f"{file}: bad trial list name {name!r} (letters, digits, _ . -)")
         trials = read_trials(file, known=known)
-        write_table(out / f"trials_{name}", trial_rows(trials))
+        write_table(out / ("trials" if name == "trials" else f"trials_{name}"),
+                    trial_rows(trials))
         report[name] = {"source": _abs(Path(file)), "n_trials": len(trials),
-                        "n_target": int(trials.labels.sum())}
+                        "n_target": None if trials.labels is None else int(trials.labels.sum())}
     return report
 
 
@@ -156,18 +174,21 @@ def empty_dir(out: str | os.PathLike) -> None:
 def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Validate a user's own data folder and copy it to `out` with absolute audio paths.
 
-    Trial lists are rewritten in the `enroll test target|nontarget` format under their names.
+    Trial lists are rewritten in the `enroll test target|nontarget` format under their names
+    (`trials`, `trials_<name>`, and WeSpeaker's `trials/<name>.kaldi`). `utt2origin` keeps the
+    user's wav.scp line of every utterance for later error messages.
     """
     data = read_kaldi_dir(src, check_files=True)
     if not data.wavs:
         raise InputError(f"{data.scp}: no utterances listed")
-    maps = {name: getattr(data, name) for name in UTT_MAPS}
+    maps = {name: getattr(data, name) for name in UTT_MAPS if name != "utt2origin"}
     trial_files = {name: read_trials(file) for name, file in data.trials.items()}
     with atomic_dir(out) as tmp:
         write_table(tmp / "wav.scp", ((u, str(w)) for u, w in data.wavs.items()))
         for name, values in maps.items():
             if values is not None:
                 write_table(tmp / name, values.items())
+        write_table(tmp / "utt2origin", ((u, data.where(u)) for u in data.wavs))
         for name, trials in trial_files.items():
             file = "trials" if name == "trials" else f"trials_{name}"
             write_table(tmp / file, trial_rows(trials))
@@ -175,4 +196,70 @@ def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike) -> dict:
                     "trials": {name: len(t) for name, t in trial_files.items()}}
     if data.utt2spk is not None:
         report["n_speakers"] = len(set(data.utt2spk.values()))
+    return report
+
+
+def add_dev_trials(folder: Path, seed: int) -> dict:
+    """Draw a trial list for a dev folder that has speakers but no list (see module docstring)."""
+    data = read_kaldi_dir(folder, check_files=False)
+    if data.trials:
+        return {"trials": "given"}
+    if data.utt2spk is None:
+        raise InputError(f"{folder}: a dev set needs a trial list or an utt2spk to draw one")
+    rows = make_trials(data.utt2spk, data.utt2sess, DEV_NONTARGETS_PER_TARGET,
+                       np.random.default_rng(seed), max_targets=DEV_MAX_TARGETS)
+    if not any(r[2] == "target" for r in rows):
+        raise InputError(f"{folder}: no two utterances of one speaker from different sessions; "
+                         "cannot draw dev target trials")
+    write_table(folder / "trials", rows)
+    return {"trials": "drawn", "n_trials": len(rows)}
+
+
+def prepare_data(data: dict, out: str | os.PathLike) -> dict:
+    """The `prepare` step: train/ dev/ test/ noise/ rir/ under `out` from the config's `data`.
+
+    Sets the configuration leaves out (no dev set, no MUSAN) become empty folders.
+    """
+    out = Path(out)
+    if data["source"] == "builtin":
+        from ssrl.data.synth import CorpusSpec, generate_corpus
+
+        return generate_corpus(out, CorpusSpec.from_dict(data["builtin"]))
+    if data["source"] == "kaldi":
+        sources = {name: data["kaldi"].get(name) for name in SETS}
+        for name in ("train", "test"):
+            if not sources[name]:
+                raise InputError(f"config data.kaldi.{name}: required for source kaldi")
+    else:
+        v = data["voxceleb"]
+        for key in ("train_root", "test_root"):
+            if not v.get(key):
+                raise InputError(f"config data.voxceleb.{key}: required for source voxceleb")
+        sources = {"train": v["train_root"], "dev": v.get("dev_root"), "test": v["test_root"],
+                   "noise": v.get("musan_root"), "rir": v.get("rirs_root")}
+    check_apart(out, *(s for s in sources.values() if s))
+    report: dict = {"source": data["source"]}
+    with atomic_dir(out) as tmp:
+        for name in SETS:
+            src = sources[name]
+            if not src:
+                empty_dir(tmp / name)
+                continue
+            if data["source"] == "kaldi":
+                report[name] = prepare_kaldi(Path(src), tmp / name)
+            elif name == "noise":
+                report[name] = prepare_musan(Path(src), tmp / name)
+            elif name == "rir":
+                report[name] = prepare_rirs(Path(src), tmp / name)
+            else:
+                report[name] = prepare_voxceleb(Path(src), tmp / name)
+        if data["source"] == "voxceleb":
+            report["trials"] = prepare_trials(
+                {n: Path(p) for n, p in data["voxceleb"]["trials"].items()}, tmp / "test")
+            if sources["dev"] and data["voxceleb"].get("dev_trials"):
+                report["dev_trials"] = prepare_trials({"trials": data["voxceleb"]["dev_trials"]},
+                                                      tmp / "dev")
+        if sources["dev"]:
+            report["dev"] |= add_dev_trials(tmp / "dev", seed=0)
+        write_json(tmp / "report.json", report)
     return report

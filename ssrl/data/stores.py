@@ -10,6 +10,7 @@ docs/architecture.md; both stores are built in a temporary folder and renamed wh
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import zipfile
@@ -21,16 +22,29 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssrl.data.audio import SAMPLE_RATE, AudioError, load_audio
+from ssrl.data.kaldi import KaldiDir, read_kaldi_dir, read_trials, trial_rows
 from ssrl.files import InputError, atomic_dir, read_json, save_npz, write_json, write_table
-from ssrl.data.kaldi import AudioError, KaldiDir, load_audio, read_trials, trial_rows
 
-SAMPLE_RATE = 16000
+log = logging.getLogger("ssrl.data")
+
 INT16_SCALE = 32768.0
 
 
 def _to_int16(wave: np.ndarray) -> np.ndarray:
     """Quantise float samples in [-1, 1] to int16 (x * 32768, rounded and clipped)."""
     return np.clip(np.rint(wave * INT16_SCALE), -32768, 32767).astype("<i2")
+
+
+def _fit_int16(wave: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A float wave scaled into [-1, 1] when it exceeds it (float WAVs may), and whether it was.
+
+    Clipping would distort the peaks; a uniform scale changes nothing the front end sees (it
+    peak-normalises every crop) and nothing augmentation does (SNRs are relative)."""
+    peak = float(np.max(np.abs(wave)))
+    if peak <= 1.0:
+        return wave, False
+    return wave / peak, True
 
 
 def _sha256(path: Path) -> str:
@@ -134,6 +148,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
     offsets: list[int] = []
     lengths: list[int] = []
     skipped: list[dict[str, str]] = []
+    rescaled: list[str] = []
 
     with atomic_dir(out) as tmp:
         (tmp / "shards").mkdir()
@@ -147,9 +162,12 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
                                           f"min_seconds {min_seconds:g} s)")
                 if wave is None:
                     if on_bad == "error":
-                        raise InputError(f"{data.scp}:{data.lines.get(utt, '?')}: {wav}: {reason}")
+                        raise InputError(f"{data.where(utt)}: {wav}: {reason}")
                     skipped.append({"utt": utt, "path": str(wav), "reason": reason})
                     continue
+                wave, scaled = _fit_int16(wave)
+                if scaled:
+                    rescaled.append(utt)
                 pcm = _to_int16(wave)
                 shard, offset = writer.add(pcm)
                 utt_ids.append(utt)
@@ -161,6 +179,9 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             decoded.close()
             waves.close()  # stops the worker pool when leaving early
 
+        if rescaled:
+            log.warning("%s: %d utterance(s) had samples beyond [-1, 1] (float audio) and were "
+                        "scaled down to fit, e.g. %s", data.scp, len(rescaled), rescaled[0])
         if skipped and not utt_ids:
             raise InputError(f"{data.scp}: no usable utterances "
                              f"(all {len(skipped)} skipped as bad)")
@@ -176,10 +197,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             dropped[name] = len(trials) - len(keep)
             if not keep:
                 raise InputError(f"{file}: every trial names a skipped utterance")
-            trials.enroll = [trials.enroll[i] for i in keep]
-            trials.test = [trials.test[i] for i in keep]
-            trials.labels = trials.labels[keep]
-            write_table(tmp / "trials" / name, trial_rows(trials))
+            write_table(tmp / "trials" / name, trial_rows(trials.subset(keep)))
             trials_meta[name] = str(out / "trials" / name)
             n_trials[name] = len(keep)
 
@@ -188,6 +206,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             "n_utts": len(utt_ids),
             "n_skipped": len(skipped),
             "skipped": skipped,
+            "n_rescaled": len(rescaled),
             "total_seconds": round(sum(lengths) / SAMPLE_RATE, 3),
             "n_trials": n_trials,
             "trials_dropped": dropped,
@@ -249,6 +268,16 @@ class _Utterances:
             raise KeyError(f"{self.path}: no utterance {utt_id!r} in the store") from None
 
 
+def crop(wave: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """`n_samples` of `wave` from a uniformly random offset. A wave shorter than that is
+    repeated end to end from its start (tiled) up to the length; `rng` is not used then."""
+    length = len(wave)
+    if length >= n_samples:
+        start = int(rng.integers(0, length - n_samples + 1))
+        return wave[start:start + n_samples]
+    return np.tile(wave, -(-n_samples // length))[:n_samples]
+
+
 class WaveStore(_Utterances):
     """Read side of a wave store: int16 views, float crops, metadata."""
 
@@ -291,19 +320,8 @@ class WaveStore(_Utterances):
         return self.wave(i).astype(np.float32) / INT16_SCALE
 
     def crop(self, i: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-        """A float32 crop of `n_samples` at a uniformly random offset.
-
-        An utterance shorter than `n_samples` is repeated end to end from its start (tiled)
-        up to the length; the generator is not used then.
-        """
-        wave = self.wave(i)
-        length = len(wave)
-        if length >= n_samples:
-            start = int(rng.integers(0, length - n_samples + 1))
-            piece = wave[start:start + n_samples]
-        else:
-            piece = np.tile(wave, -(-n_samples // length))[:n_samples]
-        return piece.astype(np.float32) / INT16_SCALE
+        """A float32 crop of `n_samples` at a uniformly random offset (see `crop`)."""
+        return crop(self.wave(i), n_samples, rng).astype(np.float32) / INT16_SCALE
 
 
 def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.Tensor],
@@ -375,3 +393,39 @@ class FeatStore(_Utterances):
         rows = self._maps.get(self._file, "<f2", (int(self.n_frames.sum()), self.n_mels))
         start = self._offset[i]
         return rows[start:start + self.n_frames[i]].T.astype(np.float32)
+
+
+class MemoryWaves:
+    """Waves held in memory, with the reading interface of a wave store (`utt_ids`, `lengths`,
+    `spk`, `full`, `crop`): what `embed` uses for a Kaldi folder or wav.scp that has no store,
+    and what benchmarks train on."""
+
+    def __init__(self, utt_ids: list[str], waves: list[np.ndarray],
+                 spk: list[str] | None = None):
+        self.utt_ids, self._waves, self.spk = utt_ids, waves, spk
+        self.lengths = np.array([len(w) for w in waves], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def full(self, i: int) -> np.ndarray:
+        return self._waves[i]
+
+    def crop(self, i: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return crop(self._waves[i], n_samples, rng).astype(np.float32)
+
+
+def open_waves(path: str | os.PathLike) -> WaveStore | MemoryWaves:
+    """A wave store folder as it is, or a Kaldi folder / wav.scp read into memory."""
+    path = Path(path)
+    if (path / "index.npz").exists():
+        return WaveStore(path)
+    folder = path.parent if path.name == "wav.scp" else path
+    data = read_kaldi_dir(folder)
+    waves = []
+    for utt, wav in data.wavs.items():
+        try:
+            waves.append(load_audio(wav))
+        except AudioError as err:
+            raise InputError(f"{data.where(utt)}: {err}") from None
+    return MemoryWaves(list(data.wavs), waves)

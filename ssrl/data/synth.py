@@ -20,7 +20,6 @@ its own generator keyed by (seed, part, indices), so the output never depends on
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
 
+from ssrl.data.audio import SAMPLE_RATE
+from ssrl.data.kaldi import make_trials
 from ssrl.files import InputError, atomic_dir, write_json, write_table
 
-SAMPLE_RATE = 16000
 #: Bumped whenever the generator's output changes for the same spec.
 GENERATOR_VERSION = 1
 
@@ -43,7 +43,8 @@ _WINDOW = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_N_FFT) / _N_FFT)  # periodic
 _OLA_NORM = 1.5
 
 #: Seed-stream keys of the corpus parts, so no two parts ever share random numbers.
-_PART = {"train": 1, "test": 2, "babble": 3, "noise": 4, "music": 5, "rir": 6, "archetypes": 7}
+_PART = {"train": 1, "test": 2, "babble": 3, "noise": 4, "music": 5, "rir": 6, "archetypes": 7,
+         "dev": 8}
 #: Number of shared channel archetypes (rooms x devices) sessions are drawn around.
 N_ARCHETYPES = 6
 #: Largest EQ bell gain in dB; sets how much the channel shifts an utterance's mean spectrum.
@@ -67,6 +68,8 @@ class CorpusSpec:
     sessions_per_speaker: int = 4
     test_speakers: int = 16
     test_utts_per_speaker: int = 12
+    dev_speakers: int = 0
+    dev_utts_per_speaker: int = 12
     min_dur: float = 2.0
     max_dur: float = 6.0
     nontargets_per_target: int = 4
@@ -88,15 +91,18 @@ class CorpusSpec:
             if getattr(self, name) < 1:
                 raise InputError(f"corpus spec: {name} must be at least 1, "
                                  f"got {getattr(self, name)}")
-        for name in ("noise_files", "rir_files", "seed"):
+        for name in ("noise_files", "rir_files", "seed", "dev_speakers"):
             if getattr(self, name) < 0:
                 raise InputError(f"corpus spec: {name} must be >= 0, got {getattr(self, name)}")
         if self.test_speakers < 2:
             raise InputError("corpus spec: test_speakers must be at least 2 (non-target trials)")
+        if self.dev_speakers == 1:
+            raise InputError("corpus spec: dev_speakers must be 0 (no dev set) or at least 2")
         if self.sessions_per_speaker < 2:
             raise InputError("corpus spec: sessions_per_speaker must be at least 2 "
                              "(target trials are cross-session)")
-        least = min(self.train_utts_per_speaker, self.test_utts_per_speaker)
+        least = min(self.train_utts_per_speaker, self.test_utts_per_speaker,
+                    self.dev_utts_per_speaker if self.dev_speakers else self.test_utts_per_speaker)
         if self.sessions_per_speaker > least:
             raise InputError(f"corpus spec: sessions_per_speaker ({self.sessions_per_speaker}) "
                              f"exceeds utterances per speaker ({least})")
@@ -623,33 +629,6 @@ def _write_speaker_split(root: Path, split: str, prefix: str, n_spk: int, n_utts
     return utt2spk, utt2sess, traits, total
 
 
-def make_trials(utt2spk: dict[str, str], utt2sess: dict[str, str], nontargets_per_target: int,
-                rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """All cross-session same-speaker pairs, plus sampled different-speaker pairs, sorted."""
-    utts = sorted(utt2spk)
-    targets = [(a, b) for a, b in itertools.combinations(utts, 2)
-               if utt2spk[a] == utt2spk[b] and utt2sess[a] != utt2sess[b]]
-    spk = np.array([utt2spk[u] for u in utts])
-    n = len(utts)
-    per_spk = np.unique(spk, return_counts=True)[1]
-    n_avail = n * (n - 1) // 2 - int(sum(c * (c - 1) // 2 for c in per_spk))
-    need = min(len(targets) * nontargets_per_target, n_avail)
-    if need * 2 >= n_avail:  # dense: enumerate and pick
-        pairs = [(i, j) for i, j in itertools.combinations(range(n), 2) if spk[i] != spk[j]]
-        chosen = sorted(pairs[i] for i in rng.choice(len(pairs), need, replace=False))
-    else:  # sparse: rejection-sample distinct pairs
-        picked: set[tuple[int, int]] = set()
-        while len(picked) < need:
-            i, j = rng.integers(0, n, size=(2, 2 * (need - len(picked)) + 16))
-            for a, b in zip(i.tolist(), j.tolist()):
-                if spk[a] != spk[b] and len(picked) < need:
-                    picked.add((min(a, b), max(a, b)))
-        chosen = sorted(picked)
-    rows = [(a, b, "target") for a, b in targets]
-    rows += [(utts[i], utts[j], "nontarget") for i, j in chosen]
-    return sorted(rows)
-
-
 def _write_noise_set(root: Path, spec: CorpusSpec) -> dict[str, Any]:
     """MUSAN-like augmentation set: noise, music and speech (extra speakers, for babble)."""
     n_music = spec.noise_files // 3
@@ -691,7 +670,10 @@ def _write_rir_set(root: Path, spec: CorpusSpec) -> dict[str, Any]:
 
 
 def generate_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, Any]:
-    """Write the corpus (train/, test/, noise/, rir/, summary.json, speakers.json) to `out_dir`.
+    """Write the corpus (train/, dev/, test/, noise/, rir/, summary.json, speakers.json).
+
+    dev/ has its own speakers (none of train or test) and a trial list; with `dev_speakers` 0
+    it is an empty folder.
 
     The whole folder is built next to `out_dir` and renamed into place at the end, so a failed
     or killed run leaves no partial corpus (an existing `out_dir` is replaced). Returns the
@@ -705,22 +687,26 @@ def generate_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, Any]:
                                    "sample_rate": SAMPLE_RATE, "seed": spec.seed,
                                    "spec": dataclasses.asdict(spec)}
         speakers: dict[str, Any] = {}
+        write_table(tmp / "dev" / "wav.scp", [])  # replaced below when there is a dev set
         for split, prefix, n_spk, n_utts in (
                 ("train", "tr", spec.train_speakers, spec.train_utts_per_speaker),
+                ("dev", "dv", spec.dev_speakers, spec.dev_utts_per_speaker),
                 ("test", "te", spec.test_speakers, spec.test_utts_per_speaker)):
+            if n_spk == 0:
+                continue
             utt2spk, utt2sess, traits, seconds = _write_speaker_split(
                 tmp / split, split, prefix, n_spk, n_utts, spec, archetypes)
             speakers.update(traits)
             summary[split] = {"speakers": n_spk, "utterances": len(utt2spk),
                               "sessions": len(set(utt2sess.values())),
                               "seconds": round(seconds, 3)}
-            if split == "test":
+            if split in ("dev", "test"):
                 trials = make_trials(utt2spk, utt2sess, spec.nontargets_per_target,
-                                     _rng(spec.seed, _PART["test"], 99))
-                write_table(tmp / "test" / "trials", trials)
+                                     _rng(spec.seed, _PART[split], 99))
+                write_table(tmp / split / "trials", trials)
                 n_target = sum(r[2] == "target" for r in trials)
-                summary["test"] |= {"trials": len(trials), "target": n_target,
-                                    "nontarget": len(trials) - n_target}
+                summary[split] |= {"trials": len(trials), "target": n_target,
+                                   "nontarget": len(trials) - n_target}
         summary["noise"] = _write_noise_set(tmp / "noise", spec)
         summary["rir"] = _write_rir_set(tmp / "rir", spec)
         write_json(tmp / "speakers.json", speakers)

@@ -1,8 +1,15 @@
 """Speaker embeddings of full-length utterances, and their evaluation on trial lists.
 
-Utterances are batched by length: sorted, grouped so that each group is cut to its shortest
-member while losing at most `max_trim` (default 3 %) of any utterance. With `max_trim=0` every
-utterance is embedded alone at its exact length.
+An utterance's embedding never depends on which other utterances are embedded with it: a batch
+only ever holds utterances of exactly the same number of frames (no trimming, no padding), and
+each utterance's features are computed on its own.
+
+Long recordings are embedded in bounded memory. The front end runs a chunk of frames at a time
+(`Frontend.utterance`, exact), and an utterance longer than `segment_seconds` (default 180 s,
+longer than any VoxCeleb1 test utterance) is cut into near-equal segments no longer than that;
+its embedding is the length-weighted mean of the segments' L2-normalised embeddings. ECAPA's
+squeeze-excitation and attentive pooling look at the whole sequence, so exact chunking of the
+encoder is not possible; segment averaging is the usual choice (docs/method.md).
 """
 
 from __future__ import annotations
@@ -16,92 +23,121 @@ from torch import nn
 from tqdm import tqdm
 
 from ssrl.data.kaldi import read_trials
+from ssrl.evaluation.metrics import evaluate, metric_keys
 from ssrl.evaluation.scoring import cosine_scores
 from ssrl.training.runtime import Dist, autocast
-from ssrl.evaluation.metrics import evaluate
+
+SEGMENT_SECONDS = 180.0
+FRAMES_PER_SECOND = 100  # 10 ms hop
+#: Frames in one encoder batch (20 minutes of audio); utterances longer than this go alone.
+BATCH_FRAMES = 120_000
 
 
-def length_batches(lengths: np.ndarray, max_trim: float = 0.03,
-                   max_total: int = 16000 * 1200) -> list[np.ndarray]:
-    """Index groups of near-equal length, longest first; `max_total` bounds a group's size."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    groups: list[np.ndarray] = []
+def exact_length_batches(n_frames: np.ndarray, indices: np.ndarray,
+                         max_frames: int = BATCH_FRAMES) -> list[np.ndarray]:
+    """`indices` grouped into batches of utterances with exactly equal frame counts, each
+    batch holding at most `max_frames` frames (at least one utterance), longest first."""
+    order = indices[np.argsort(-n_frames[indices], kind="stable")]
+    batches: list[np.ndarray] = []
     start = 0
     for pos in range(1, len(order) + 1):
-        if pos == len(order):
-            groups.append(order[start:pos])
-            break
-        longest, here = lengths[order[start]], lengths[order[pos]]
-        too_short = here < (1.0 - max_trim) * longest
-        too_big = here * (pos - start + 1) > max_total
-        if too_short or too_big:
-            groups.append(order[start:pos])
+        if (pos == len(order) or n_frames[order[pos]] != n_frames[order[start]]
+                or n_frames[order[start]] * (pos - start + 1) > max_frames):
+            batches.append(order[start:pos])
             start = pos
-    return groups
+    return batches
+
+
+def segment_bounds(n: int, max_len: int) -> list[tuple[int, int]]:
+    """[start, end) of the fewest near-equal segments of a length-n sequence, each <= max_len."""
+    k = -(-n // max_len)
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @torch.no_grad()
-def embed_batches(encoder: nn.Module, lengths: np.ndarray,
-                  load: Callable[[np.ndarray, int], torch.Tensor], device: torch.device,
-                  max_trim: float = 0.03, max_total: int = 16000 * 1200,
-                  progress: bool = False, d: Dist = Dist()) -> np.ndarray:
-    """Embeddings `[N, D]` (float32); `load(indices, n)` returns the group's inputs cut to n.
-    Under `torchrun` each process embeds every world-th group and all of them are gathered."""
+def embed_utterances(encoder: nn.Module, n_frames: np.ndarray,
+                     features: Callable[[int], torch.Tensor], device: torch.device,
+                     segment_seconds: float | None = SEGMENT_SECONDS, progress: bool = False,
+                     d: Dist = Dist()) -> np.ndarray:
+    """Embeddings `[N, D]` (float32) of N utterances; `features(i)` gives utterance i's
+    features `[n_mels, n_frames[i]]` on `device`. Under `torchrun` each process embeds its
+    share and every process gets all embeddings."""
+    n_frames = np.asarray(n_frames, dtype=np.int64)
+    seg = int(segment_seconds * FRAMES_PER_SECOND) if segment_seconds else None
+    long = n_frames > seg if seg else np.zeros(len(n_frames), dtype=bool)
+    batches = exact_length_batches(n_frames, np.flatnonzero(~long))[d.rank::d.world]
+    longs = np.flatnonzero(long)[d.rank::d.world]
     was_training = encoder.training
     encoder.eval()
     done: list[tuple[np.ndarray, np.ndarray]] = []
-    groups = length_batches(lengths, max_trim, max_total)[d.rank::d.world]  # this process's share
-    for group in tqdm(groups, desc="embed", disable=not progress, unit="batch"):
-        n = int(lengths[group].min())
+
+    def run(x: torch.Tensor) -> np.ndarray:
         with autocast(device):
-            done.append((group, encoder(load(group, n).to(device)).float().cpu().numpy()))
+            return encoder(x).float().cpu().numpy()
+
+    for group in tqdm(batches, desc="embed", disable=not progress, unit="batch"):
+        done.append((group, run(torch.stack([features(int(i)) for i in group]))))
+    for i in longs:  # one long recording at a time, in segments
+        feats = features(int(i))
+        parts = segment_bounds(feats.shape[1], seg)
+        emb = np.concatenate([run(feats[None, :, a:b]) for a, b in parts])
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+        weights = np.array([b - a for a, b in parts], dtype=np.float64)
+        done.append((np.array([i]), (weights @ emb / weights.sum())[None].astype(np.float32)))
     encoder.train(was_training)
     if d.world > 1:  # every process ends up with every embedding
         shares: list = [None] * d.world
         torch.distributed.all_gather_object(shares, done)
         done = [item for share in shares for item in share]
     if not done:
-        return np.zeros((0, 0), dtype=np.float32)
-    out = np.zeros((len(lengths), done[0][1].shape[1]), dtype=np.float32)
+        return np.zeros((len(n_frames), 0), dtype=np.float32)
+    out = np.zeros((len(n_frames), done[0][1].shape[1]), dtype=np.float32)
     for group, emb in done:
         out[group] = emb
     return out
 
 
 def embed_waves(encoder: nn.Module, frontend: nn.Module, store, device: torch.device,
-                max_trim: float = 0.03, progress: bool = False, d: Dist = Dist()) -> np.ndarray:
-    """Embed every utterance of a wave store; features computed on `device`."""
-    def load(group: np.ndarray, n: int) -> torch.Tensor:
-        waves = np.stack([store.full(int(i))[:n] for i in group])
-        return frontend(torch.from_numpy(waves).to(device))
-    return embed_batches(encoder, store.lengths, load, device, max_trim, progress=progress, d=d)
+                segment_seconds: float | None = SEGMENT_SECONDS, progress: bool = False,
+                d: Dist = Dist()) -> np.ndarray:
+    """Embed every utterance of a wave store (or `MemoryWaves`); features computed on
+    `device`, one utterance at a time."""
+    n_frames = np.array([frontend.n_frames(int(n)) for n in store.lengths], dtype=np.int64)
+
+    def features(i: int) -> torch.Tensor:
+        return frontend.utterance(torch.from_numpy(store.full(i)).to(device))
+
+    return embed_utterances(encoder, n_frames, features, device, segment_seconds, progress, d)
 
 
-def embed_feats(encoder: nn.Module, feats, device: torch.device, max_trim: float = 0.03,
-                progress: bool = False, d: Dist = Dist()) -> np.ndarray:
-    """Embed every utterance of a precomputed log-mel store (evaluation sets)."""
-    def load(group: np.ndarray, n: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([feats.feats(int(i))[:, :n] for i in group]))
-    lengths = np.asarray(feats.n_frames)
-    return embed_batches(encoder, lengths, load, device, max_trim, max_total=100 * 1200,
-                         progress=progress, d=d)
+def embed_feats(encoder: nn.Module, feats, device: torch.device,
+                segment_seconds: float | None = SEGMENT_SECONDS, progress: bool = False,
+                d: Dist = Dist()) -> np.ndarray:
+    """Embed every utterance of a precomputed feature store (evaluation sets)."""
+    def features(i: int) -> torch.Tensor:
+        return torch.from_numpy(feats.feats(i)).to(device)
+
+    return embed_utterances(encoder, np.asarray(feats.n_frames), features, device,
+                            segment_seconds, progress, d)
 
 
 def evaluate_embeddings(utt_ids: list[str], emb: np.ndarray, trials: dict[str, Path],
-                        mean: np.ndarray | None = None) -> dict[str, float]:
-    """EER (%) and minDCF per trial list; keys are plain for a single list, else `<key>_<list>`."""
+                        split: str = "test", mean: np.ndarray | None = None) -> dict[str, float]:
+    """EER (%) and minDCF of each labelled trial list, under the keys of `metric_keys`."""
     out: dict[str, float] = {}
     for name, path in trials.items():
         t = read_trials(path, known=set(utt_ids))
-        scores = cosine_scores(utt_ids, emb, t.enroll, t.test, mean=mean)
-        metrics = evaluate(scores, t.labels)
-        for key in ("eer", "mindcf_0.01", "mindcf_0.05"):
-            out[key if len(trials) == 1 else f"{key}_{name}"] = float(metrics[key])
+        if t.labels is None:
+            continue
+        metrics = evaluate(cosine_scores(utt_ids, emb, t.enroll, t.test, mean=mean), t.labels)
+        for metric, key in metric_keys(split, name, list(trials)).items():
+            out[key] = float(metrics[metric])
     return out
 
 
-def evaluate_store(encoder: nn.Module, frontend: nn.Module, store,
-                   device: torch.device) -> dict[str, float]:
-    """Test-trial metrics of an encoder on a wave store (used for per-epoch curves)."""
+def evaluate_waves(encoder: nn.Module, frontend: nn.Module, store, device: torch.device,
+                   split: str = "dev") -> dict[str, float]:
+    """Trial metrics of an encoder on a wave store (the per-epoch dev curves)."""
     emb = embed_waves(encoder, frontend, store, device)
-    return evaluate_embeddings(store.utt_ids, emb, store.trials)
+    return evaluate_embeddings(store.utt_ids, emb, store.trials, split)

@@ -16,12 +16,7 @@ Going up through the thresholds FNR rises from 0 to 1 and FPR falls from 1 to 0.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-from scipy.stats import norm
-
-from ssrl.files import atomic_path
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +104,18 @@ def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float,
     return _min_dcf_from_points(fpr, fnr, p_target, c_miss, c_fa)
 
 
+#: The metrics reported for every trial list, in table order.
+METRICS = ("eer", "mindcf_0.01", "mindcf_0.05")
+
+
+def metric_keys(split: str, list_name: str, all_lists: list[str]) -> dict[str, str]:
+    """The one naming of a metric everywhere (history, MLflow, tables): `<split>/<metric>` when
+    the split has one trial list, `<split>/<list>/<metric>` when it has several."""
+    if len(all_lists) == 1:
+        return {m: f"{split}/{m}" for m in METRICS}
+    return {m: f"{split}/{list_name}/{m}" for m in METRICS}
+
+
 def evaluate(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
     """The standard report: EER in percent, minDCF at p_target 0.01 and 0.05, trial counts."""
     fpr, fnr = _operating_points(scores, labels)
@@ -120,38 +127,3 @@ def evaluate(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
         "n_trials": int(labels.size),
         "n_target": int(labels.sum()),
     }
-
-
-_DET_TICKS = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4])
-
-
-def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]],
-             path: str | os.PathLike) -> None:
-    """Write a DET plot (normal-deviate axes, one line per system) as PNG, atomically.
-
-    `curves` maps a legend name to (scores, labels). The EER of each system is in its legend.
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
-
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    clip = 1e-5  # keep probits finite at rates of 0 and 1
-    for name, (scores, labels) in curves.items():
-        fpr, fnr = det_curve(scores, labels)
-        ax.plot(norm.ppf(np.clip(fpr, clip, 1 - clip)), norm.ppf(np.clip(fnr, clip, 1 - clip)),
-                label=f"{name} (EER {100 * _eer_from_points(fpr, fnr):.2f}%)")
-    ticks = norm.ppf(_DET_TICKS)
-    tick_labels = [f"{100 * t:g}" for t in _DET_TICKS]
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_ticks(ticks, labels=tick_labels)
-    ax.set_xlim(ticks[0], ticks[-1])
-    ax.set_ylim(ticks[0], ticks[-1])
-    ax.plot([ticks[0], ticks[-1]], [ticks[0], ticks[-1]], color="0.7", lw=0.8, ls=":")
-    ax.set_xlabel("false alarm rate (%)")
-    ax.set_ylabel("miss rate (%)")
-    ax.grid(True, lw=0.3)
-    if curves:
-        ax.legend(loc="upper right", fontsize="small")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)

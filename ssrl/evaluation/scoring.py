@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ssrl.files import InputError, save_npz, write_text
+from ssrl.files import InputError, read_table, save_npz, write_json, write_text
 
 _CHUNK = 4096  # trials per block: 2 x 8 MiB at 512-d stays in cache (2x faster than 64k)
 
@@ -157,12 +157,99 @@ def as_norm_scores(utt_ids: Sequence[str], emb: np.ndarray, enroll: Sequence[str
 
 
 def write_scores(path: str | os.PathLike, enroll: Sequence[str], test: Sequence[str],
-                 labels: np.ndarray, scores: np.ndarray) -> None:
-    """Write `enroll test target|nontarget score` lines atomically (labels: 1/True = target)."""
-    labels = np.asarray(labels).astype(bool)
+                 scores: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """Write `enroll test score [target|nontarget]` lines atomically, the order Kaldi,
+    WeSpeaker's compute_metrics.py and most speech tools read (labels: 1/True = target)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if not len(enroll) == len(test) == len(labels) == len(scores):
-        raise ValueError("enroll, test, labels and scores differ in length")
-    names = np.where(labels, "target", "nontarget")
-    write_text(path, "".join(f"{e} {t} {lab} {s:.6f}\n"
-                             for e, t, lab, s in zip(enroll, test, names, scores.tolist())))
+    if not len(enroll) == len(test) == len(scores):
+        raise ValueError("enroll, test and scores differ in length")
+    if labels is None:
+        lines = (f"{e} {t} {s:.6f}\n" for e, t, s in zip(enroll, test, scores.tolist()))
+    else:
+        names = np.where(np.asarray(labels).astype(bool), "target", "nontarget")
+        if len(names) != len(scores):
+            raise ValueError("labels and scores differ in length")
+        lines = (f"{e} {t} {s:.6f} {lab}\n"
+                 for e, t, s, lab in zip(enroll, test, scores.tolist(), names))
+    write_text(path, "".join(lines))
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """(scores, labels or None) of a score file written by `write_scores`."""
+    scores, labels = [], []
+    for lineno, fields in read_table(path, ncols=None):
+        if len(fields) not in (3, 4):
+            raise InputError(f"{path}:{lineno}: expected 'enroll test score [label]'")
+        try:
+            scores.append(float(fields[2]))
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {fields[2]!r} is not a number") from None
+        if len(fields) == 4:
+            labels.append(fields[3] == "target")
+    if labels and len(labels) != len(scores):
+        raise InputError(f"{path}: some lines have a label and some do not")
+    return np.array(scores), (np.array(labels, dtype=bool) if labels else None)
+
+
+def score_lists(embeddings: str | os.PathLike, lists: dict[str, Path], out: Path,
+                utt2spk: dict[str, str] | None = None, norm: str = "none",
+                train_embeddings: str | os.PathLike | None = None,
+                train_labels: str | os.PathLike | None = None, top_n: int = 300,
+                scores_dir: Path | None = None, replicates: int = 1000, seed: int = 0,
+                confidence: float = 0.95, threads: int = 1) -> dict:
+    """The `score` step: cosine (or mean-subtracted, or AS-normed) scores of every trial list,
+    EER/minDCF with speaker-bootstrap intervals for the labelled ones; writes `out`
+    (metrics.json) and one score file per list. Everything is computed before anything is
+    written, so a list that cannot be evaluated leaves no half-written output."""
+    from ssrl.data.kaldi import read_trials
+    from ssrl.evaluation.bootstrap import SortedTrials, interval, replicate_metrics, trial_resamples
+    from ssrl.evaluation.metrics import evaluate
+
+    ids, emb = load_embeddings(embeddings)
+    mean = cohort = None
+    if norm != "none":
+        if not train_embeddings:
+            raise InputError(f"--norm {norm} needs --train-embeddings")
+        _, tr_emb = load_embeddings(train_embeddings)
+        mean = tr_emb.mean(axis=0)
+        if norm == "asnorm":
+            if not train_labels:
+                raise InputError("--norm asnorm needs --labels (pseudo labels of the training set)")
+            with np.load(train_labels) as z:
+                labels = z["labels"]
+            cohort = cohort_from_clusters(tr_emb - mean, labels)
+    if not lists:
+        raise InputError("no trial lists: give --trials, --test-dir or --store")
+    known = set(ids)
+    results: dict[str, dict] = {}
+    score_files: dict[str, tuple] = {}
+    for name, path in lists.items():
+        t = read_trials(path, known=known)
+        if cohort is not None:
+            scores = as_norm_scores(ids, emb, t.enroll, t.test, cohort, top_n, mean=mean)
+        else:
+            scores = cosine_scores(ids, emb, t.enroll, t.test, mean=mean)
+        file = f"scores_{name}.txt"
+        score_files[file] = (t.enroll, t.test, scores, t.labels)
+        if t.labels is None:
+            results[name] = {"n_trials": len(t), "labelled": False, "scores": file}
+            continue
+        for word, missing in (("target", not t.labels.any()), ("non-target", t.labels.all())):
+            if missing:
+                raise InputError(f"{path}: no {word} trials: EER and minDCF are undefined "
+                                 "(remove the labels to score it without metrics)")
+        m = evaluate(scores, t.labels)
+        if replicates:
+            spk = utt2spk if utt2spk and all(u in utt2spk for u in known) else None
+            resamples, ue, ut, unit = trial_resamples(t.enroll, t.test, spk, replicates, seed)
+            boot = replicate_metrics(SortedTrials(scores, t.labels, ue, ut), resamples, threads)
+            m["ci"] = {k: interval(v, confidence) for k, v in boot.items()}
+            m["bootstrap"] = {"replicates": replicates, "seed": seed, "unit": unit,
+                              "units": len(resamples.units), "confidence": confidence}
+        results[name] = {**m, "labelled": True, "scores": file}
+    report = {"norm": norm, "trials": results}
+    if scores_dir is not None:
+        for file, (e, t, scores, labels) in score_files.items():
+            write_scores(Path(scores_dir) / file, e, t, scores, labels)
+    write_json(out, report)
+    return report

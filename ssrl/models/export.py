@@ -14,7 +14,6 @@ while the dynamo exporter gives the same result but takes 10-15 s for a tiny mod
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch
 from torch import nn
 
 from ssrl.files import atomic_path, write_json
-from ssrl.models.encoders import build_encoder
-from ssrl.training.runtime import load_model_file, load_state_checked
+from ssrl.models.model_file import load_encoder
 
 log = logging.getLogger("ssrl.export")
 
@@ -32,14 +30,6 @@ TOLERANCE = 1e-4  # max abs difference to PyTorch (float32 rounding differs betw
 EXAMPLE_SHAPE = (2, 200)  # (batch, frames) of the export example
 CHECK_SHAPE = (3, 317)  # (batch, frames) of the check input: both differ from the example
 OPSET = 17
-
-
-def load_encoder(model_path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The encoder of a model file in eval mode, and the model file's content (configs)."""
-    model = load_model_file(model_path)
-    encoder = build_encoder({**model["model_cfg"], "n_mels": model["features_cfg"]["n_mels"]})
-    load_state_checked(encoder, model["encoder"], str(model_path))
-    return encoder.eval(), model
 
 
 def _check(name: str, got: np.ndarray, want: np.ndarray) -> float:
@@ -76,8 +66,9 @@ def export_encoder(model_path: Path, out_dir: Path, seed: int = 0) -> dict:
     import onnxruntime as ort
 
     out_dir = Path(out_dir)
-    encoder, model = load_encoder(model_path)
-    n_mels = model["features_cfg"]["n_mels"]
+    model = load_encoder(model_path)
+    encoder = model.encoder
+    n_mels = model.frontend.n_mels
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(EXAMPLE_SHAPE[0], n_mels, EXAMPLE_SHAPE[1], generator=gen)
     check = torch.randn(CHECK_SHAPE[0], n_mels, CHECK_SHAPE[1], generator=gen)
@@ -100,7 +91,7 @@ def export_encoder(model_path: Path, out_dir: Path, seed: int = 0) -> dict:
     write_json(out_dir / "export.json", {
         **result, "input": "feats [batch, n_mels, frames] (log-mel, front end below)",
         "output": f"embedding [batch, {encoder.embed_dim}]", "onnx_opset": OPSET,
-        "onnx_exporter": "torchscript (dynamo=False)", "model_cfg": model["model_cfg"],
-        "features_cfg": model["features_cfg"], "source": str(model_path)})
+        "onnx_exporter": "torchscript (dynamo=False)", "model_cfg": model.model_cfg,
+        "frontend": model.frontend.describe(), "source": str(model_path)})
     log.info("exported %s -> %s (max abs diff %s)", model_path, out_dir, diffs)
     return result

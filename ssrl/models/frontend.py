@@ -115,6 +115,11 @@ class Frontend(nn.Module):
             "preemphasis": self.preemphasis,
         }
 
+    @classmethod
+    def from_description(cls, d: dict) -> Frontend:
+        """The front end `describe()` returned (the inverse of `describe`)."""
+        return cls(**d)
+
     def n_frames(self, n_samples: int) -> int:
         """Number of feature frames `forward` returns for a waveform of `n_samples` samples."""
         if self.kind == "logmel":  # centred frames: one every hop, the first at sample 0
@@ -133,6 +138,43 @@ class Frontend(nn.Module):
             if self.kind == "fbank":
                 return self._fbank(wave)
             return self._logmel(wave)
+
+    def utterance(self, wave: Tensor, chunk_frames: int = 6000) -> Tensor:
+        """Features `[n_mels, frames]` of ONE whole utterance `[samples]`, computed
+        `chunk_frames` frames at a time so memory stays bounded on hour-long recordings; the
+        same numbers as `self(wave[None])[0]` (frames depend only on their own samples; the
+        peak and the normalisation statistics are taken over the whole utterance)."""
+        if wave.dim() != 1:
+            raise ValueError(f"expected one wave [samples], got shape {tuple(wave.shape)}")
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            wave = wave.float()
+            wave = wave / wave.abs().amax().clamp(min=1e-8)
+            n = self.n_frames(len(wave))
+            if self.kind == "fbank":  # snip_edges: frame t is samples [t * hop, t * hop + win)
+                parts = [self._fbank_raw(wave[a * self.hop_length:
+                                              (min(n, a + chunk_frames) - 1) * self.hop_length
+                                              + self.win_length])
+                         for a in range(0, n, chunk_frames)]
+                feats = torch.cat(parts, dim=0)
+                return (feats - feats.mean(dim=0, keepdim=True)).T
+            if self.preemphasis:
+                wave = torch.cat([wave[:1], wave[1:] - self.preemphasis * wave[:-1]])
+            pad = self.n_fft // 2  # what stft(center=True, pad_mode="reflect") adds
+            padded = torch.nn.functional.pad(wave[None, None], (pad, pad), mode="reflect")[0, 0]
+            parts = []
+            for a in range(0, n, chunk_frames):
+                b = min(n, a + chunk_frames)
+                spec = torch.stft(padded[a * self.hop_length:(b - 1) * self.hop_length
+                                         + self.n_fft],
+                                  n_fft=self.n_fft, hop_length=self.hop_length,
+                                  win_length=self.win_length, window=self.window, center=False,
+                                  return_complex=True)
+                power = spec.real.square() + spec.imag.square()
+                parts.append(torch.log(torch.einsum("ft,fm->mt", power, self.mel_fb) + 1e-6))
+            feats = torch.cat(parts, dim=1)
+            mean = feats.mean(dim=1, keepdim=True)
+            std = feats.std(dim=1, keepdim=True, unbiased=False)
+            return (feats - mean) / (std + 1e-5)
 
     def mel_power(self, wave: Tensor) -> Tensor:
         """Mel power spectrogram `[B, n_mels, frames]` of an already peak-normalised waveform:
@@ -160,23 +202,25 @@ class Frontend(nn.Module):
         std = feats.std(dim=2, keepdim=True, unbiased=False)
         return (feats - mean) / (std + 1e-5)
 
+    def _fbank_raw(self, row: Tensor) -> Tensor:
+        """Kaldi fbank `[frames, n_mels]` of one peak-normalised wave `[samples]`."""
+        return kaldi.fbank(
+            row[None] * 32767.0,  # Kaldi works on int16-scaled samples (its energy floor)
+            num_mel_bins=self.n_mels,
+            frame_length=1000.0 * self.win_length / self.sample_rate,
+            frame_shift=1000.0 * self.hop_length / self.sample_rate,
+            dither=0.0,
+            preemphasis_coefficient=self.preemphasis,
+            sample_frequency=float(self.sample_rate),
+            low_freq=self.f_min,
+            high_freq=self.f_max,
+            energy_floor=0.0,
+            snip_edges=True,
+        )
+
     def _fbank(self, wave: Tensor) -> Tensor:
-        frame_ms = 1000.0 * self.win_length / self.sample_rate
-        shift_ms = 1000.0 * self.hop_length / self.sample_rate
         out = []
-        for row in wave * 32767.0:  # Kaldi works on int16-scaled samples (its energy floor)
-            feats = kaldi.fbank(
-                row[None],
-                num_mel_bins=self.n_mels,
-                frame_length=frame_ms,
-                frame_shift=shift_ms,
-                dither=0.0,
-                preemphasis_coefficient=self.preemphasis,
-                sample_frequency=float(self.sample_rate),
-                low_freq=self.f_min,
-                high_freq=self.f_max,
-                energy_floor=0.0,
-                snip_edges=True,
-            )  # [frames, n_mels]
+        for row in wave:
+            feats = self._fbank_raw(row)
             out.append(feats - feats.mean(dim=0, keepdim=True))
         return torch.stack(out).transpose(1, 2)

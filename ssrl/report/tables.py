@@ -1,35 +1,29 @@
-"""The paper's tables and figures, read from the result files of one experiment folder.
+"""The paper's tables, with intervals: `main` (floor, DINO, iterative rounds, SSRL, topline)
+and `ablation` (every SSRL grid variant), each with its paired comparisons.
 
-`root` is `results/<experiment>`. Everything here only reads JSON / score files that other steps
-wrote (layout in docs/architecture.md and the `tables` / `plots` rules):
-
-    eval/<system>/metrics.json, eval/<system>/scores_<list>.txt   per system and trial list
-    <system>/history.json, <system>/compute.json                  per trained model
-    cluster/<source>_k<K>/quality.json                            k-means pseudo-label quality
-    baseline.json                                                 the crude MFCC baseline
-
-A system is `dino`, `iterative/round<r>` or `ssrl/<grid point dir>`. A file that is missing (a
-job that crashed under `--keep-going`) turns its row into a `failed` row instead of stopping
-the report, so one broken ablation run never hides the others.
+Every EER and minDCF carries its 95 % speaker-bootstrap interval (`comparisons`); a row
+trained with several seeds shows the seed mean +- sd and the interval of the mean, and the CSV
+files add one row per seed. Paired rows give A - B on the same resamples and say whether the
+interval excludes zero -- the only differences the README calls findings.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ssrl.files import atomic_path, write_text
+from ssrl.data.stores import WaveStore
+from ssrl.evaluation.metrics import METRICS
+from ssrl.files import write_text
+from ssrl.report.comparisons import Comparisons, Estimate
+from ssrl.report.results import Group, SystemResult, load_groups, trial_lists
 
 # EER (%) on VoxCeleb1-O / E / H cleaned of systems trained on VoxCeleb2-dev without labels,
-# quoted from /work/shared/SSRL-NOTES.md, "Numbers from other systems". Not measured here;
-# None where the source gives no number.
+# quoted from SSRL-NOTES, "Numbers from other systems". Not measured here; None where the source
+# gives no number.
 PUBLISHED_EER: dict[str, tuple[float | None, float | None, float | None]] = {
     "WeSpeaker DINO ECAPA c1024, 150 epochs": (2.627, 2.665, 4.644),
     "WeSpeaker DINO ECAPA c512": (3.016, 3.093, 5.538),
@@ -40,262 +34,280 @@ PUBLISHED_EER: dict[str, tuple[float | None, float | None, float | None]] = {
     "Supervised ECAPA c512 reference (WeSpeaker)": (1.069, 1.209, 2.310),
 }
 PUBLISHED_LISTS = ("O", "E", "H")
-
-METRICS = (("eer", "EER %"), ("mindcf_0.01", "minDCF 0.01"), ("mindcf_0.05", "minDCF 0.05"))
-HISTORY_PANELS = (("n_clusters", "clusters"), ("nmi", "pseudo-label NMI"),
-                  ("eer", "test EER %"), ("p_clean_mean", "mean p_clean"))
+LABELS = {"eer": "EER %", "mindcf_0.01": "minDCF 0.01", "mindcf_0.05": "minDCF 0.05"}
+DIGITS = {"eer": 1, "mindcf_0.01": 3, "mindcf_0.05": 3}
 
 
-# --- reading ---------------------------------------------------------------------------------
+# --- formatting ------------------------------------------------------------------------------
 
-def _read(path: Path) -> Any | None:
-    """A JSON file's content, or None when it is missing or unreadable (a failed job)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+#: Digits of the plain numeric columns in markdown.
+COLUMN_DIGITS = {"NMI": 3, "clusters": 0, "stage min": 1, "cumulative min": 1,
+                 "stage passes": 1, "cumulative passes": 1}
 
 
-def _convert(text: str) -> Any:
-    """A grid value as written in a directory name -> bool / int / float / str."""
-    if text in ("True", "False"):
-        return text == "True"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
+def _num(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool | str | int):
+        return str(value)
+    return f"{value + 0.0:.{digits}f}".replace("-0.0", "0.0") if abs(value) < 10**-digits / 2 \
+        else f"{value:.{digits}f}"
+
+
+def cell(e: Estimate, digits: int) -> str:
+    """`16.9 [15.1, 18.7]`, or `16.9 ± 0.4 [15.1, 18.7]` for a mean over seeds."""
+    if e.value is None:
+        return "–"
+    text = _num(e.value, digits)
+    if e.sd is not None:
+        text += f" ± {_num(e.sd, digits)}"
+    if e.lo is not None:
+        text += f" [{_num(e.lo, digits)}, {_num(e.hi, digits)}]"
     return text
 
 
-def parse_grid_dir(name: str, keys: Iterable[str] = ()) -> dict[str, Any]:
-    """Switch values of a Paramspace directory name `key~value_key~value`.
-
-    Keys may hold underscores (`queue_len`), so between two `~` the split into "value_nextkey"
-    is made where the rest is a known key; failing that, at the first underscore.
-    """
-    known = set(keys)
-    parts = name.split("~")
-    if len(parts) < 2:
-        return {}
-    names, values = [parts[0]], []
-    for middle in parts[1:-1]:
-        cut = next((i for i, ch in enumerate(middle) if ch == "_" and middle[i + 1:] in known),
-                   middle.find("_"))
-        values.append(middle[:cut])
-        names.append(middle[cut + 1:])
-    values.append(parts[-1])
-    return {k: _convert(v) for k, v in zip(names, values)}
-
-
-def _config(cfg: dict, *keys: str) -> Any:
-    """`cfg["config"][k1][k2]...`, or None where a level is missing."""
-    node: Any = cfg.get("config")
-    for key in keys:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
-
-
-def _switch_keys(cfg: dict) -> list[str]:
-    variants = _config(cfg, "ablation", "variants") or []
-    return sorted({k for v in variants for k in v if k != "name"})
-
-
-def _rounds(cfg: dict) -> list[int]:
-    systems = cfg.get("systems")
-    if systems is not None:
-        return [int(s.removeprefix("iterative/round")) for s in systems
-                if s.startswith("iterative/round")]
-    return list(range(1, (_config(cfg, "iterative", "rounds") or 0) + 1))
-
-
-def _k(cfg: dict) -> int | None:
-    return _config(cfg, "cluster", "k")
-
-
-def _cluster_source(system: str) -> str | None:
-    """The clustering a system's labels came from: DINO's own, or the previous round's."""
-    if system == "dino":
-        return "dino"
-    if system.startswith("iterative/round"):
-        r = int(system.removeprefix("iterative/round"))
-        return "dino" if r == 1 else f"round{r - 1}"
-    return None
-
-
-def trial_lists(cfg: dict, root: Path, systems: Iterable[str]) -> list[str]:
-    """Trial list names found in the systems' metrics, in the configured (VoxCeleb) order."""
-    names: list[str] = []
-    for system in systems:
-        metrics = _read(root / "eval" / system / "metrics.json") or {}
-        names += [n for n in metrics.get("trials", {}) if n not in names]
-    order = ["trials", *(_config(cfg, "data", "voxceleb", "trials") or {})]
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
-
-
-def _eer_key(row: dict, list_name: str | None) -> str | None:
-    """History key of the test EER: plain `eer` for one list, else `eer_<list>`."""
-    if "eer" in row:
-        return "eer"
-    if list_name is not None and f"eer_{list_name}" in row:
-        return f"eer_{list_name}"
-    return next((k for k in row if k.startswith("eer_")), None)
-
-
-# --- one system's numbers --------------------------------------------------------------------
-
-def system_summary(cfg: dict, root: Path, system: str, lists: list[str]) -> dict[str, Any]:
-    """Metrics, final pseudo-label quality and compute of one system; `status` says if complete.
-
-    NMI / cluster count: DINO -> its own k-means; round r -> the clustering it was trained on;
-    SSRL -> the last epoch of its history (its labels at the end of training).
-    """
-    out: dict[str, Any] = {"status": "ok"}
-    metrics = _read(root / "eval" / system / "metrics.json")
-    trials = (metrics or {}).get("trials", {})
-    for name in lists:
-        for key, _ in METRICS:
-            out[f"{key}:{name}"] = (trials.get(name) or {}).get(key)
-    history = _read(root / system / "history.json")
-    source = _cluster_source(system)
-    quality = None
-    if source is not None and _k(cfg) is not None:
-        quality = _read(root / "cluster" / f"{source}_k{_k(cfg)}" / "quality.json")
-    if system.startswith("ssrl/") and history:
-        quality = history[-1]
-    out["nmi"] = (quality or {}).get("nmi")
-    clusters = (quality or {}).get("n_clusters")
-    out["clusters"] = None if clusters is None else int(clusters)
-    compute = _read(root / system / "compute.json") or {}
-    seconds = compute.get("wall_seconds")
-    out["stage_min"] = None if seconds is None else seconds / 60.0
-    out["stage_passes"] = compute.get("utterance_passes")
-    out["epochs"] = len(history) if history else compute.get("epochs")
-    if metrics is None or history is None:
-        out["status"] = "failed"
-    return out
-
-
-def _add(values: list[Any]) -> Any:
-    """Sum, or None when any part is unknown (never a silently partial total)."""
-    return None if any(v is None for v in values) else float(sum(values))
-
-
-# --- tables ----------------------------------------------------------------------------------
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool | str):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def _digits(column: str) -> int:
-    if column.startswith("EER"):
-        return 3
-    if column.startswith("minDCF") or column == "NMI":
-        return 4
-    return 1
-
-
 def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    """A GitHub markdown table (numbers right-aligned, rounded for reading)."""
+    """A GitHub markdown table (cells already formatted; numbers right-aligned)."""
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c), _digits(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_num(row.get(c), COLUMN_DIGITS.get(c, 1))
+                                       for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
     return buf.getvalue()
 
 
-def _metric_columns(lists: list[str]) -> list[tuple[str, str]]:
-    """(summary key, column header) of each metric of each trial list."""
-    return [(f"{key}:{name}", f"{label} ({name})") for name in lists for key, label in METRICS]
+def _header(metric: str, name: str, lists: list[str]) -> str:
+    return LABELS[metric] + (f" ({name})" if len(lists) > 1 or name != "trials" else "")
 
 
-def main_rows(cfg: dict, root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows of the main table: baseline, DINO, each iterative round, SSRL."""
-    variants = cfg.get("variants") or {}
-    rounds = _rounds(cfg)
-    systems = ["dino", *(f"iterative/round{r}" for r in rounds)]
-    if "full" in variants:
-        systems.append(f"ssrl/{variants['full']}")
-    lists = trial_lists(cfg, root, systems)
-    metric_cols = _metric_columns(lists)
-    columns = ["system", *(h for _, h in metric_cols), "NMI", "clusters", "stage min",
-               "stage passes", "cumulative min", "cumulative passes", "status"]
+# --- one row's numbers -----------------------------------------------------------------------
 
-    def row(name: str, s: dict[str, Any], cumulative: list[dict[str, Any]]) -> dict[str, Any]:
-        r = {"system": name, "NMI": s["nmi"], "clusters": s["clusters"],
-             "stage min": s["stage_min"], "stage passes": s["stage_passes"],
-             "cumulative min": _add([c["stage_min"] for c in cumulative]),
-             "cumulative passes": _add([c["stage_passes"] for c in cumulative]),
-             "status": s["status"]}
-        r.update({header: s[key] for key, header in metric_cols})
-        return r
-
-    rows = [_baseline_row(root, lists, metric_cols)]
-    dino = system_summary(cfg, root, "dino", lists)
-    rows.append(row("DINO", dino, [dino]))
-    chain = [dino]
-    for r in rounds:
-        s = system_summary(cfg, root, f"iterative/round{r}", lists)
-        chain.append(s)
-        rows.append(row(f"Iterative round {r}", s, list(chain)))
-    if "full" in variants:
-        s = system_summary(cfg, root, f"ssrl/{variants['full']}", lists)
-        rows.append(row("SSRL", s, [dino, s]))
-    return columns, rows
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(sum(values) / len(values)) if values else None
 
 
-def _baseline_row(root: Path, lists: list[str],
-                  metric_cols: list[tuple[str, str]]) -> dict[str, Any]:
-    """The MFCC baseline scores only the default list (`trials`, else the first one)."""
-    base = _read(root / "baseline.json")
-    row: dict[str, Any] = {"system": "MFCC mean (crude baseline)",
-                           "status": "ok" if base is not None else "failed"}
-    target = base.get("trial_list") if base else None
-    target = target or ("trials" if "trials" in lists else (lists[0] if lists else None))
-    for key, header in metric_cols:
-        metric, name = key.split(":", 1)
-        if base is not None and name == target:
-            row[header] = base.get(metric)
-    return row
+def _cumulative(member: SystemResult, by_name: dict[str, SystemResult], key: str) -> float | None:
+    """Sum of a compute figure over the chain of stages that led to this system (or None)."""
+    parts = [(by_name[n].compute or {}).get(key) if n in by_name else None
+             for n in member.row.get("chain", [])]
+    return None if not parts or any(p is None for p in parts) else float(sum(parts))
 
 
-def ablation_rows(cfg: dict, root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per SSRL grid variant: its switches, metrics, final labels, wall time."""
-    variants = cfg.get("variants") or {}
-    systems = [f"ssrl/{d}" for d in variants.values()]
-    lists = trial_lists(cfg, root, systems)
-    known = _switch_keys(cfg)
-    switches = {name: {k: v for k, v in parse_grid_dir(d, known).items() if k != "full"}
-                for name, d in variants.items()}
-    keys = sorted({k for s in switches.values() for k in s})
-    metric_cols = _metric_columns(lists)
-    columns = ["variant", *keys, *(h for _, h in metric_cols), "NMI", "clusters", "epochs",
-               "stage min", "status"]
+def _compute(group: Group, by_name: dict[str, SystemResult]) -> dict[str, float | None]:
+    ms = group.members
+    return {"stage min": _mean([(m.compute or {}).get("wall_seconds", 0) / 60.0
+                                if m.compute else None for m in ms]),
+            "stage passes": _mean([(m.compute or {}).get("utterance_passes") for m in ms]),
+            "cumulative min": _mean([None if (v := _cumulative(m, by_name, "wall_seconds")) is
+                                     None else v / 60.0 for m in ms]),
+            "cumulative passes": _mean([_cumulative(m, by_name, "utterance_passes")
+                                        for m in ms])}
+
+
+def _labels(group: Group) -> dict[str, float | None]:
+    finals = [m.final_labels() for m in group.members]
+    return {"NMI": _mean([f["nmi"] for f in finals]),
+            "clusters": _mean([f["clusters"] for f in finals])}
+
+
+def _metric_cells(comp: Comparisons, group: Group, lists: list[str]) -> dict[str, str]:
+    out = {}
+    for name in lists:
+        summary = comp.summary(group, name)
+        for metric in METRICS:
+            out[_header(metric, name, lists)] = cell(summary[metric], DIGITS[metric])
+    return out
+
+
+def _csv_rows(comp: Comparisons, group: Group, lists: list[str], extra: dict) -> list[dict]:
+    """One CSV row per seed (and a `mean` row when there are several), intervals as columns."""
     rows = []
-    for name, d in variants.items():
-        s = system_summary(cfg, root, f"ssrl/{d}", lists)
-        r = {"variant": name, **switches[name], "NMI": s["nmi"], "clusters": s["clusters"],
-             "epochs": s["epochs"], "stage min": s["stage_min"], "status": s["status"]}
-        r.update({header: s[key] for key, header in metric_cols})
-        rows.append(r)
-    return columns, rows
+    for m in group.members:
+        one = Group(group.key, group.label, group.kind, [m])
+        row = {"system": group.label, "key": group.key, "seed": m.row["seed"],
+               "uses_labels": m.row["uses_labels"], "status": "ok" if m.ok else "failed",
+               **{k: v for k, v in extra.items() if not isinstance(v, dict)}}
+        _estimate_columns(row, comp, one, lists)
+        rows.append(row)
+    if len(group.members) > 1:
+        row = {"system": group.label, "key": group.key, "seed": "mean",
+               "uses_labels": group.row["uses_labels"],
+               "status": "ok" if group.ok else "failed", **extra}
+        _estimate_columns(row, comp, group, lists)
+        rows.append(row)
+    return rows
+
+
+def _estimate_columns(row: dict, comp: Comparisons, group: Group, lists: list[str]) -> None:
+    for name in lists:
+        summary = comp.summary(group, name)
+        for metric in METRICS:
+            h = _header(metric, name, lists)
+            e = summary[metric]
+            row.update({h: e.value, f"{h} CI low": e.lo, f"{h} CI high": e.hi,
+                        f"{h} sd": e.sd})
+
+
+def _estimate_csv_columns(lists: list[str]) -> list[str]:
+    cols = []
+    for name in lists:
+        for metric in METRICS:
+            h = _header(metric, name, lists)
+            cols += [h, f"{h} CI low", f"{h} CI high", f"{h} sd"]
+    return cols
+
+
+# --- paired comparisons ------------------------------------------------------------------------
+
+def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, Group]],
+                 lists: list[str]) -> tuple[list[dict], list[dict]]:
+    """(markdown rows, CSV rows) of A - B for each pair."""
+    md, flat = [], []
+    for title, a, b in pairs:
+        row: dict[str, Any] = {"comparison": title}
+        for name in lists:
+            diff = comp.paired(a, b, name)
+            for metric in METRICS:
+                e = diff[metric]
+                h = "Δ" + _header(metric, name, lists)
+                mark = " *" if e.excludes_zero else ""
+                row[h] = cell(e, DIGITS[metric]) + mark if e.value is not None else "–"
+                flat.append({"comparison": title, "a": a.key, "b": b.key, "list": name,
+                             "metric": metric, "delta": e.value, "ci_low": e.lo,
+                             "ci_high": e.hi, "excludes_zero": e.excludes_zero,
+                             "n_seeds": e.n_seeds})
+            eer = diff["eer"]
+            row["EER difference significant" + (f" ({name})" if len(lists) > 1 else "")] = (
+                "–" if eer.excludes_zero is None else
+                ("yes: " + (a.label if eer.value < 0 else b.label) + " better")
+                if eer.excludes_zero else "no")
+        md.append(row)
+    return md, flat
+
+
+PAIRED_CSV = ["comparison", "a", "b", "list", "metric", "delta", "ci_low", "ci_high",
+              "excludes_zero", "n_seeds"]
+
+
+def _paired_md(rows: list[dict], intro: str) -> str:
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    return f"\n## Paired comparisons\n\n{intro}\n\n" + markdown_table(columns, rows)
+
+
+# --- the two tables --------------------------------------------------------------------------
+
+def main_groups(groups: dict[str, Group]) -> list[Group]:
+    order = {"baseline": 0, "dino": 1, "iterative": 2, "ssrl": 3, "supervised": 4}
+    rows = [g for g in groups.values() if g.kind != "ssrl" or g.row["variant"] == "full"]
+    return sorted(rows, key=lambda g: (order[g.kind], g.row.get("round") or 0))
+
+
+def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: list[str]
+               ) -> tuple[str, str, str]:
+    """(main.md, main.csv, main_paired.csv)."""
+    by_name = {m.name: m for g in groups.values() for m in g.members}
+    rows_md, rows_csv = [], []
+    chosen = main_groups(groups)
+    kinds = {g.kind: g for g in chosen}
+    dino, top = kinds.get("dino"), kinds.get("supervised")
+    first = lists[0] if lists else None
+    gap_header = "DINO→topline gap closed %" + (f" ({first})" if len(lists) > 1 else "")
+    for g in chosen:
+        extra: dict[str, Any] = {**_labels(g), **_compute(g, by_name)}
+        if dino and top and first and g.kind in ("iterative", "ssrl"):
+            gap = comp.gap_closed(g, dino, top, first)
+            extra[gap_header] = cell(gap, 0)
+            extra.update({"gap closed %": gap.value, "gap closed % CI low": gap.lo,
+                          "gap closed % CI high": gap.hi})
+        seeds = len(g.members)
+        rows_md.append({"system": g.label + (" (true labels)" if g.row["uses_labels"] else ""),
+                        "seeds": seeds, **_metric_cells(comp, g, lists),
+                        **{k: v for k, v in extra.items() if not k.startswith("gap closed %")},
+                        "status": "ok" if g.ok else "failed"})
+        rows_csv += _csv_rows(comp, g, lists, extra)
+    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
+    columns = ["system", "seeds", *metric_cols, "NMI", "clusters"]
+    if dino and top and first:
+        columns.append(gap_header)
+    columns += ["stage min", "cumulative min", "cumulative passes", "status"]
+    csv_columns = ["system", "key", "seed", "uses_labels", *_estimate_csv_columns(lists),
+                   "NMI", "clusters", "gap closed %", "gap closed % CI low",
+                   "gap closed % CI high", "stage min", "stage passes", "cumulative min",
+                   "cumulative passes", "status"]
+
+    pairs = []
+    ssrl = kinds.get("ssrl")
+    rounds = [g for g in chosen if g.kind == "iterative"]
+    floor = kinds.get("baseline")
+    if ssrl and rounds:
+        pairs.append((f"SSRL − {rounds[-1].label}", ssrl, rounds[-1]))
+    if ssrl and dino:
+        pairs.append(("SSRL − DINO", ssrl, dino))
+    if floor:
+        pairs += [(f"{g.label} − {floor.label}", g, floor) for g in chosen
+                  if g.kind != "baseline"]
+    paired_md, paired_csv = _paired_rows(comp, pairs, lists)
+
+    experiment = cfg.get("experiment", "")
+    md = (f"# {experiment}: main results\n\n"
+          "Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Brackets: 95 % "
+          "interval from a bootstrap over test speakers "
+          f"({comp.replicates} replicates); with several seeds: mean ± sd over seeds [interval "
+          "of the mean]. NMI / clusters: pseudo labels at the end of training (DINO: its "
+          "k-means; round r: the clustering it trained on). Minutes are training wall time; "
+          "cumulative = all stages that led to the system (SSRL = DINO + SSRL, round r = DINO + "
+          "rounds 1..r), also in passes over the training data. The topline uses the true "
+          "speaker labels: reporting only.\n\n" + markdown_table(columns, rows_md))
+    md += _paired_md(paired_md, "A − B on the same bootstrap replicates (negative ΔEER: A is "
+                     "better). `*`: the 95 % interval excludes 0.")
+    if cfg.get("data", {}).get("source") == "voxceleb":
+        md += _published_md()
+    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv)
+
+
+def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: list[str]
+                   ) -> tuple[str, str, str]:
+    """(ablation.md, ablation.csv, ablation_paired.csv): one row per SSRL variant."""
+    variants = [g for g in groups.values() if g.kind == "ssrl"]
+    switch_keys = sorted({k for g in variants for k in g.row["switches"]})
+    rows_md, rows_csv = [], []
+    for g in variants:
+        switches = {k: str(g.row["switches"].get(k)) for k in switch_keys}
+        extra = {**switches, **_labels(g), "epochs": g.row["epochs"],
+                 "stage min": _compute(g, {})["stage min"]}
+        rows_md.append({"variant": g.row["variant"], "seeds": len(g.members), **switches,
+                        **_metric_cells(comp, g, lists), **_labels(g),
+                        "epochs": g.row["epochs"], "stage min": extra["stage min"],
+                        "status": "ok" if g.ok else "failed"})
+        rows_csv += [{**r, "variant": g.row["variant"]}
+                     for r in _csv_rows(comp, g, lists, extra)]
+    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
+    columns = ["variant", "seeds", *switch_keys, *metric_cols, "NMI", "clusters", "epochs",
+               "stage min", "status"]
+    csv_columns = ["variant", "seed", *switch_keys, *_estimate_csv_columns(lists), "NMI",
+                   "clusters", "epochs", "stage min", "status"]
+    full = next((g for g in variants if g.row["variant"] == "full"), None)
+    pairs = [(f"{g.row['variant']} − full", g, full) for g in variants if full and g is not full]
+    paired_md, paired_csv = _paired_rows(comp, pairs, lists)
+    experiment = cfg.get("experiment", "")
+    md = (f"# {experiment}: SSRL ablation grid\n\nEach row switches mechanisms of SSRL "
+          "(columns left of the metrics); `full` is the method as configured. Same intervals "
+          "as the main table.\n\n" + markdown_table(columns, rows_md))
+    md += _paired_md(paired_md, "variant − full on the same replicates (negative ΔEER: the "
+                     "variant is better). `*`: the 95 % interval excludes 0.")
+    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv)
 
 
 def _published_md() -> str:
@@ -309,136 +321,15 @@ def _published_md() -> str:
             + markdown_table(["system", *(f"EER % ({n})" for n in PUBLISHED_LISTS)], rows))
 
 
-def write_tables(cfg: dict, root: Path, out_dir: Path) -> None:
-    """`main.csv|md` and `ablation.csv|md` in `out_dir` (see the module docstring)."""
+def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> None:
+    """main.{md,csv}, main_paired.csv, ablation.{md,csv}, ablation_paired.csv in `out_dir`."""
     root, out_dir = Path(root), Path(out_dir)
-    experiment = _config(cfg, "experiment") or root.name
-    columns, rows = main_rows(cfg, root)
-    write_text(out_dir / "main.csv", _csv(columns, rows))
-    md = (f"# {experiment}: main results\n\n"
-          "Minutes are wall time of training; cumulative = everything from scratch (SSRL = "
-          "DINO + SSRL, round r = DINO + rounds 1..r), also as utterance passes. NMI / clusters:"
-          " pseudo labels at the end of training (DINO: its k-means; round r: the clustering it "
-          "was trained on).\n\n" + markdown_table(columns, rows))
-    if _config(cfg, "data", "source") == "voxceleb":
-        md += _published_md()
-    write_text(out_dir / "main.md", md)
-    columns, rows = ablation_rows(cfg, root)
-    write_text(out_dir / "ablation.csv", _csv(columns, rows))
-    write_text(out_dir / "ablation.md",
-               f"# {experiment}: SSRL ablation grid\n\n" + markdown_table(columns, rows))
-
-
-# --- plots -----------------------------------------------------------------------------------
-
-def _figure(rows: int, cols: int, size: tuple[float, float]):
-    from matplotlib.figure import Figure  # no pyplot: no global backend state (Agg canvas)
-
-    fig = Figure(figsize=size)
-    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def _series(history: list[dict], key: str, list_name: str | None = None
-            ) -> tuple[list[int], list[float]]:
-    """(epochs, values) of one history key; rows without it (e.g. no eval that epoch) skipped."""
-    xs, ys = [], []
-    for i, row in enumerate(history):
-        k = _eer_key(row, list_name) if key == "eer" else key
-        if k is not None and row.get(k) is not None:
-            xs.append(int(row.get("epoch", i)) + 1)
-            ys.append(float(row[k]))
-    return xs, ys
-
-
-def plot_history(history: list[dict], path: Path, title: str) -> None:
-    """One run's trajectory (cluster count, NMI, EER, mean p_clean per epoch) as a PNG."""
-    fig, axes = _figure(2, 2, (8, 6))
-    for ax, (key, label) in zip(axes, HISTORY_PANELS):
-        xs, ys = _series(history, key)
-        if xs:
-            ax.plot(xs, ys, marker=".")
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(True, lw=0.3)
-    fig.suptitle(title)
-    _save(fig, Path(path))
-
-
-def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
-    """`trajectories.png` (SSRL variants per epoch, rounds as markers) and `det.png`."""
-    root, out_dir = Path(root), Path(out_dir)
-    variants = cfg.get("variants") or {}
-    rounds = _rounds(cfg)
-    lists = trial_lists(cfg, root, ["dino", *(f"iterative/round{r}" for r in rounds),
-                                    *(f"ssrl/{d}" for d in variants.values())])
-    first = lists[0] if lists else None
-
-    fig, axes = _figure(2, 2, (10, 7))
-    for name, d in variants.items():
-        history = _read(root / "ssrl" / d / "history.json")
-        if not history:
-            continue
-        for ax, (key, _) in zip(axes, HISTORY_PANELS):
-            xs, ys = _series(history, key, first)
-            if xs:
-                ax.plot(xs, ys, label=name, lw=2.0 if name == "full" else 1.0)
-    # The iterative baseline: one marker per round at the epochs it has spent so far.
-    epochs_so_far, marks = 0, {"nmi": ([], []), "eer": ([], [])}
-    for r in rounds:
-        system = f"iterative/round{r}"
-        history = _read(root / system / "history.json") or []
-        epochs_so_far += len(history)
-        s = system_summary(cfg, root, system, lists)
-        eer = s.get(f"eer:{first}")
-        if eer is None and history:
-            key = _eer_key(history[-1], first)
-            eer = history[-1].get(key) if key else None
-        for key, value in (("nmi", s["nmi"]), ("eer", eer)):
-            if value is not None:
-                marks[key][0].append(epochs_so_far)
-                marks[key][1].append(value)
-    for ax, (key, label) in zip(axes, HISTORY_PANELS):
-        if key in marks and marks[key][0]:
-            ax.plot(*marks[key], "ks", ms=5, ls=":", label="iterative rounds (cumulative epochs)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label + (f" ({first})" if key == "eer" and first else ""))
-        ax.grid(True, lw=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-    fig.suptitle("SSRL trajectories")
-    _save(fig, out_dir / "trajectories.png")
-
-    from ssrl.evaluation.metrics import plot_det
-
-    curves = {}
-    candidates = [("DINO", "dino")]
-    if rounds:
-        candidates.append((f"Iterative round {rounds[-1]}", f"iterative/round{rounds[-1]}"))
-    if "full" in variants:
-        candidates.append(("SSRL", f"ssrl/{variants['full']}"))
-    for label, system in candidates:
-        scores = read_scores(root / "eval" / system / f"scores_{first}.txt")
-        if scores is not None:
-            curves[label] = scores
-    plot_det(curves, out_dir / "det.png")
-
-
-def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scores, labels) of a `enroll test target|nontarget score` file, None if missing."""
-    if not path.is_file():
-        return None
-    scores, labels = [], []
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if len(fields) == 4:
-            labels.append(fields[2] == "target")
-            scores.append(float(fields[3]))
-    return np.array(scores, dtype=np.float64), np.array(labels, dtype=bool)
+    groups = load_groups(cfg, root)
+    lists = trial_lists(cfg, groups)
+    comp = Comparisons(WaveStore(root / cfg["test_store"]), lists,
+                       cfg.get("eval", {}).get("bootstrap", {}), threads)
+    for name, table in (("main", main_table), ("ablation", ablation_table)):
+        md, rows, paired = table(cfg, comp, groups, lists)
+        write_text(out_dir / f"{name}.md", md)
+        write_text(out_dir / f"{name}.csv", rows)
+        write_text(out_dir / f"{name}_paired.csv", paired)

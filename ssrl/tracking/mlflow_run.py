@@ -3,7 +3,10 @@
 A `Tracker` is one MLflow run per workflow job. Three things make it safe for long jobs:
 
 - Resume. The run id is kept in `<state_dir>/mlflow_run.json`; a job restarted after a crash
-  or kill continues the SAME run (status set back to RUNNING, params already logged skipped).
+  or kill continues the SAME run (status set back to RUNNING, params already logged skipped)
+  -- but only when the job's fingerprint (its config and inputs, see
+  `ssrl.training.checkpoints`) is the one the run was opened with. A job whose values changed
+  opens a new run, so a run's params always describe the result it holds.
 - Never fail training. When the store cannot be reached (tracking server down, network gone,
   a locked database) every record - metrics, params, tags, artifact paths, the final status -
   is appended to `<state_dir>/mlflow_buffer.jsonl` and replayed in order on a later call or at
@@ -79,6 +82,29 @@ def git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
+class NullTracker:
+    """What a job gets when it is not tracked (the non-main `torchrun` processes, commands run
+    by hand): the Tracker's interface, doing nothing."""
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+
 class Tracker:
     """One MLflow run for one job; use as a context manager.
 
@@ -89,7 +115,8 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, run_name: str, state_dir: Path,
                  tags: dict[str, str] | None = None, params: dict | None = None,
-                 parent_run_name: str | None = None, retry_interval: float = 30.0) -> None:
+                 parent_run_name: str | None = None, retry_interval: float = 30.0,
+                 fingerprint: str | None = None) -> None:
         for name in (experiment, run_name, parent_run_name or ""):
             if "'" in name or '"' in name:
                 raise ValueError(f"experiment and run names may not contain quotes: {name!r}")
@@ -99,6 +126,7 @@ class Tracker:
         self.parent_run_name = parent_run_name
         self.state_dir = Path(state_dir)
         self.retry_interval = retry_interval
+        self.fingerprint = fingerprint
         self.run_id: str | None = None
         self._started = False  # run created or resumed in the store by this object
         self._resume_status = True  # set a resumed run back to RUNNING (not when replaying)
@@ -115,7 +143,12 @@ class Tracker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = self._read_state()
         if state.get("tracking_uri") == self.uri:
-            self.run_id = state.get("run_id")
+            if state.get("fingerprint") == self.fingerprint:
+                self.run_id = state.get("run_id")
+            elif state.get("run_id"):
+                log.info("opening a new MLflow run: the job's config or inputs changed since "
+                         "run %s", state["run_id"])
+                self._retire_buffer(state)
         self._drop_end_records()  # a resumed run is running again
         self._write_state()
         self._flush(force=True)  # starts (or resumes) the run, then replays an old buffer
@@ -335,9 +368,7 @@ class Tracker:
 
     def _client(self) -> Any:
         if self._client_obj is None:
-            from mlflow import MlflowClient
-
-            self._client_obj = MlflowClient(tracking_uri=self.uri)
+            self._client_obj = open_client(self.uri)
         return self._client_obj
 
     def _read_state(self) -> dict[str, Any]:
@@ -346,7 +377,18 @@ class Tracker:
     def _write_state(self) -> None:
         write_json(self.state_path, {
             "run_id": self.run_id, "tracking_uri": self.uri, "experiment": self.experiment,
-            "run_name": self.run_name, "parent_run_name": self.parent_run_name})
+            "run_name": self.run_name, "parent_run_name": self.parent_run_name,
+            "fingerprint": self.fingerprint})
+
+    def _retire_buffer(self, state: dict[str, Any]) -> None:
+        """Records buffered for an earlier run of this job go to that run, not this one."""
+        if not self.buffer_path.exists():
+            return
+        if not replay_buffer(self.state_dir):
+            kept = self.state_dir / f"mlflow_buffer.{state['run_id']}.jsonl"
+            os.replace(self.buffer_path, kept)
+            log.warning("records buffered for run %s kept in %s (replay them with "
+                        "ssrl.tracking.mlflow_run.replay_buffer)", state["run_id"], kept)
 
     def _drop_end_records(self) -> None:
         if self.buffer_path.exists():
@@ -366,7 +408,8 @@ def replay_buffer(state_dir: Path, uri: str | None = None) -> bool:
     state = read_json(state_dir / STATE_FILE)
     uri = uri or state["tracking_uri"]
     tracker = Tracker(uri, state["experiment"], state["run_name"], state_dir,
-                      parent_run_name=state.get("parent_run_name"))
+                      parent_run_name=state.get("parent_run_name"),
+                      fingerprint=state.get("fingerprint"))
     tracker._resume_status = False
     if state.get("tracking_uri") == uri:
         tracker.run_id = state.get("run_id")
@@ -376,6 +419,29 @@ def replay_buffer(state_dir: Path, uri: str | None = None) -> bool:
 
 
 # ---------------------------------------------------------------------------- helpers
+def open_client(uri: str) -> Any:
+    """An MlflowClient. For a SQLite store, the first client of a new database creates its
+    tables; parallel jobs doing that at once corrupt the schema ("duplicate column name"), so
+    opening is serialised with a lock file next to the database."""
+    from mlflow import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates or upgrades the tables now
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
+
 @contextlib.contextmanager
 def _fast_fail() -> Iterator[None]:
     """No retries and a short timeout for MLflow HTTP calls, for the duration of the block."""
@@ -444,3 +510,34 @@ def _now_ms() -> int:
 def _short(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:200]
+
+
+def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
+                 tags: Mapping[str, str] | None = None,
+                 artifacts: list[Path] | None = None) -> bool:
+    """Add metrics (step 0), tags and artifacts to the finished run of a job, leaving its
+    status alone: how the score step puts the final test numbers on the run of the model it
+    scored. False (with a warning) when the run or its store cannot be reached."""
+    state_path = Path(state_dir) / STATE_FILE
+    if not state_path.exists():
+        log.warning("%s: no MLflow run recorded; the test metrics stay in metrics.json",
+                    state_path)
+        return False
+    state = read_json(state_path)
+    from mlflow.entities import Metric, RunTag
+
+    try:
+        with _fast_fail():
+            client = open_client(state["tracking_uri"])
+            now = _now_ms()
+            client.log_batch(state["run_id"],
+                             metrics=[Metric(k, float(v), now, 0)
+                                      for k, v in (metrics or {}).items()],
+                             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            for path in artifacts or []:
+                client.log_artifact(state["run_id"], str(path))
+    except Exception as err:  # noqa: BLE001 - tracking never fails the job
+        log.warning("MLflow run %s not updated (%s); the numbers stay in metrics.json",
+                    state.get("run_id"), _short(err))
+        return False
+    return True

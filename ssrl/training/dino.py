@@ -8,8 +8,11 @@ every other crop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssrl.data.loader import CropBatches, View, augmenter_from_config, batches_per_epoch
+from ssrl.data.stores import WaveStore
+from ssrl.models.encoders import build_encoder
 from ssrl.models.frontend import Frontend
 from ssrl.models.heads import DINOHead
-from ssrl.files import write_json
-from ssrl.data.loader import CropBatches, View, augmenter_from_config, open_store
-from ssrl.models.encoders import build_encoder
-from ssrl.tracking.mlflow_run import Tracker
+from ssrl.models.model_file import save_model_file
+from ssrl.training.checkpoints import Checkpoints
+from ssrl.training.ema import ema_update, frozen_copy
+from ssrl.training.job import Inputs, Progress, compute_record, write_records
+from ssrl.training.optim import cosine_schedule, param_groups, set_lr, teacher_momentum
 from ssrl.training.runtime import (
-    Checkpoints,
     Dist,
     autocast,
-    batches_per_epoch,
-    cosine_schedule,
-    ema_update,
+    distribute,
     finite_or_raise,
-    frozen_copy,
     init_runtime,
-    linear_schedule,
     maybe_compile,
-    param_groups,
-    save_model_file,
-    set_lr,
     unwrap,
 )
 
@@ -80,15 +79,33 @@ def updated_center(center: torch.Tensor, teacher_out: list[torch.Tensor], moment
     return center * momentum + batch_mean * (1 - momentum)
 
 
-def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store: Path | None,
-               out_dir: Path, tracker: Tracker | None = None) -> dict:
-    """Train DINO and write `out_dir/model.pt` (the teacher encoder). Resumes from checkpoints."""
-    c = cfg["dino"]
-    device, d = init_runtime(cfg["runtime"])
-    store = open_store(train_store)
-    frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
-    augmenter = augmenter_from_config(cfg, noise_store, rir_store, c["p_reverb"], c["p_noise"])
+def no_phase(name: str) -> contextlib.AbstractContextManager:
+    """The default `DINORun.phase`: steps name their phases so a benchmark can time them."""
+    return contextlib.nullcontext()
 
+
+@dataclass
+class DINORun:
+    """What DINO holds while it trains (the loop's working set)."""
+
+    cfg: dict
+    device: torch.device
+    d: Dist
+    frontend: Frontend
+    student: nn.Module  # DINOModel, DDP-wrapped under torchrun
+    teacher: DINOModel
+    optimizer: torch.optim.Optimizer
+    center: torch.Tensor
+    batches: CropBatches
+    lr_at: np.ndarray
+    momentum_at: np.ndarray
+    steps: int
+    phase: Callable[[str], contextlib.AbstractContextManager] = no_phase
+
+
+def build_dino_run(cfg: dict, store, augmenter, device: torch.device, d: Dist) -> DINORun:
+    """Student (encoder + head), EMA teacher, SGD, schedules: DINO before its first step."""
+    c = cfg["dino"]
     torch.manual_seed(cfg["seed"])  # the initial weights: the same in every run and process
     encoder = build_encoder({**cfg["model"], "n_mels": cfg["features"]["n_mels"]})
     head = DINOHead(encoder.embed_dim, c["out_dim"], c["hidden_dim"], c["bottleneck_dim"])
@@ -98,92 +115,108 @@ def train_dino(cfg: dict, train_store: Path, noise_store: Path | None, rir_store
     # turn uniform, and training collapses (measured on the built-in corpus).
     teacher = frozen_copy(student).to(device).train()
     maybe_compile(cfg["runtime"], student.encoder, teacher.encoder)
-    if d.world > 1:
-        if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        student = nn.parallel.DistributedDataParallel(student)
+    student = distribute(student, device, d)
     optimizer = torch.optim.SGD(param_groups(student, c["weight_decay"]), lr=0.0,
                                 momentum=c["sgd_momentum"])
-    center = torch.zeros(1, c["out_dim"], device=device)
-
     steps = batches_per_epoch(len(store), c["batch_size"], c["steps_per_epoch"])
     total = steps * c["epochs"]
-    lr_at = cosine_schedule(c["lr"], c["min_lr"], total, c["warmup_epochs"] * steps)
-    momentum_at = linear_schedule(c["momentum_start"], c["momentum_end"], total)
+    views = [View("global", c["global_crops"], c["global_seconds"], augment=True),
+             View("local", c["local_crops"], c["local_seconds"], augment=True)]
+    frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
+    return DINORun(cfg, device, d, frontend, student, teacher, optimizer,
+                   torch.zeros(1, c["out_dim"], device=device),
+                   CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter,
+                               device, cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"]),
+                   cosine_schedule(c["lr"], c["min_lr"], total, c["warmup_epochs"] * steps),
+                   teacher_momentum(c, steps, total), steps)
 
-    ckpt = Checkpoints(out_dir / "checkpoint", d)
+
+def dino_step(run: DINORun, crops: dict, epoch: int, step: int) -> float:
+    """One optimiser step: the teacher's centred, sharpened view of the global crops is the
+    target for the student's view of every other crop; then the teacher and centre follow."""
+    c = run.cfg["dino"]
+    it = epoch * run.steps + step
+    set_lr(run.optimizer, float(run.lr_at[it]))
+    n_global = c["global_crops"]
+    with run.phase("teacher"), autocast(run.device, run.cfg["runtime"]["bf16"]):
+        feats_global = run.frontend(torch.cat(crops["global"]))
+        with torch.no_grad():
+            teacher_out = list(run.teacher(feats_global).chunk(n_global))
+    with run.phase("student"):
+        with autocast(run.device, run.cfg["runtime"]["bf16"]):
+            student_out = list(run.student(feats_global).chunk(n_global))
+            if crops["local"]:
+                feats_local = run.frontend(torch.cat(crops["local"]))
+                student_out += list(run.student(feats_local).chunk(len(crops["local"])))
+            loss = dino_loss(student_out, teacher_out, run.center, c["student_temp"],
+                             c["teacher_temp"])
+        finite_or_raise(loss, epoch, step)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with run.phase("optim"):
+        if c["clip_grad"] > 0:
+            torch.nn.utils.clip_grad_norm_(run.student.parameters(), c["clip_grad"])
+        if epoch < c["freeze_last_layer_epochs"]:  # prototypes stay put while features form
+            for p in unwrap(run.student).head.last_layer_parameters():
+                p.grad = None
+        run.optimizer.step()
+    with run.phase("ema"):
+        ema_update(run.teacher, unwrap(run.student), float(run.momentum_at[it]))
+        run.center = updated_center(run.center, teacher_out, c["center_momentum"], run.d)
+    return loss.item()
+
+
+def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
+    """Train DINO and write `out_dir/model.pt` (the teacher encoder), history.json and
+    compute.json; return the compute record. Resumes from its own checkpoints only."""
+    c = cfg["dino"]
+    device, d = init_runtime(cfg["runtime"])
+    store = WaveStore(inputs.train)
+    augmenter = augmenter_from_config(cfg, inputs.noise, inputs.rir, c["p_reverb"], c["p_noise"])
+    run = build_dino_run(cfg, store, augmenter, device, d)
+
+    ckpt = Checkpoints(out_dir / "checkpoint", inputs.fingerprint(cfg), d)
     state = ckpt.load()
     history: list[dict] = []
     epoch0, step0 = 0, 0
     resumed_losses: list[float] = []
     if state is not None:
-        unwrap(student).load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        center = state["center"].to(device)
+        unwrap(run.student).load_state_dict(state["student"])
+        run.teacher.load_state_dict(state["teacher"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.center = state["center"].to(device)
         epoch0, step0, history = state["epoch"], state["step"], state["history"]
         resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
         log.info("resuming DINO at epoch %d step %d", epoch0, step0)
 
-    views = [View("global", c["global_crops"], c["global_seconds"], augment=True),
-             View("local", c["local_crops"], c["local_seconds"], augment=True)]
-    batches = CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter, device,
-                          cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"])
-    n_global = c["global_crops"]
-    last_layer = {id(p) for p in unwrap(student).head.last_layer_parameters()}
+    def checkpoint(epoch: int, step: int, losses: list[float]) -> None:
+        ckpt.save({"student": unwrap(run.student).state_dict(),
+                   "teacher": run.teacher.state_dict(), "optimizer": run.optimizer.state_dict(),
+                   "center": run.center.cpu(), "epoch": epoch, "step": step,
+                   "history": history, "epoch_losses": losses if step else []})
+
     every = cfg["runtime"]["checkpoint_every_steps"]
-
-    def checkpoint(epoch: int, step: int) -> None:
-        ckpt.save({"student": unwrap(student).state_dict(), "teacher": teacher.state_dict(),
-                   "optimizer": optimizer.state_dict(), "center": center.cpu(),
-                   "epoch": epoch, "step": step, "history": history,
-                   "epoch_losses": losses if step else []})
-
+    progress = Progress(c["epochs"], history, tracker)
     for epoch in range(epoch0, c["epochs"]):
         losses, t_epoch = (resumed_losses if epoch == epoch0 else []), time.time()
-        for step, crops in batches.epoch(epoch, step0 if epoch == epoch0 else 0):
-            it = epoch * steps + step
-            set_lr(optimizer, float(lr_at[it]))
-            with autocast(device, cfg["runtime"]["bf16"]):
-                feats_global = frontend(torch.cat(crops["global"]))
-                with torch.no_grad():
-                    teacher_out = list(teacher(feats_global).chunk(n_global))
-                student_out = list(student(feats_global).chunk(n_global))
-                if crops["local"]:
-                    feats_local = frontend(torch.cat(crops["local"]))
-                    student_out += list(student(feats_local).chunk(len(crops["local"])))
-                loss = dino_loss(student_out, teacher_out, center, c["student_temp"],
-                                 c["teacher_temp"])
-            finite_or_raise(loss, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if c["clip_grad"] > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), c["clip_grad"])
-            if epoch < c["freeze_last_layer_epochs"]:  # prototypes stay put while features form
-                for p in unwrap(student).parameters():
-                    if id(p) in last_layer:
-                        p.grad = None
-            optimizer.step()
-            ema_update(teacher, unwrap(student), float(momentum_at[it]))
-            center = updated_center(center, teacher_out, c["center_momentum"], d)
-            losses.append(loss.item())
+        for step, crops in run.batches.epoch(epoch, step0 if epoch == epoch0 else 0):
+            losses.append(dino_step(run, crops, epoch, step))
+            it = epoch * run.steps + step
             if tracker is not None and it % 10 == 0:
-                tracker.log_metrics({"loss": loss.item(), "lr": float(lr_at[it]),
-                                     "teacher_momentum": float(momentum_at[it])}, step=it)
-            if every and (it + 1) % every == 0 and step + 1 < steps:
-                checkpoint(epoch, step + 1)
+                tracker.log_metrics({"step/loss": losses[-1], "step/lr": float(run.lr_at[it]),
+                                     "step/teacher_momentum": float(run.momentum_at[it])},
+                                    step=it + 1)
+            if every and (it + 1) % every == 0 and step + 1 < run.steps:
+                checkpoint(epoch, step + 1, losses)
+        progress.epoch({"epoch": epoch + 1,
+                        "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "seconds": time.time() - t_epoch})
+        checkpoint(epoch + 1, 0, [])
 
-        row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-               "seconds": time.time() - t_epoch}
-        history.append(row)
-        log.info("dino epoch %d/%d  loss %.4f  (%.1f s)", epoch + 1, c["epochs"], row["loss"],
-                 row["seconds"])
-        if tracker is not None:
-            tracker.log_metrics({"epoch_loss": row["loss"]}, step=epoch)
-        checkpoint(epoch + 1, 0)
-
+    compute = compute_record(history, run.steps, c["batch_size"], len(store))
     if d.main:
-        save_model_file(out_dir / "model.pt", teacher.encoder, cfg["model"], cfg["features"],
-                        {"stage": "dino"})
-        write_json(out_dir / "history.json", history)
-    return {"history": history}
+        save_model_file(out_dir / "model.pt", run.teacher.encoder, cfg["model"], run.frontend,
+                        {"stage": "dino", "seed": cfg["seed"]})
+        write_records(out_dir, history, compute, tracker)
+    ckpt.finish()
+    return compute

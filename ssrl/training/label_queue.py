@@ -78,17 +78,22 @@ class LabelQueue:
         Ties go to the label whose first entry in the queue is oldest; an empty queue gives the
         initial (k-means) label.
         """
-        q = self.queue
-        filled = q != EMPTY
-        # support[:, j] = how often the label in slot j occurs in its row (0 for empty slots).
-        support = np.zeros(q.shape, dtype=np.int16)
-        for j in range(self.length):
-            support += (q == q[:, j : j + 1]) & filled
-        # argmax takes the first maximum: the first occurrence of the earliest-entered label
-        # among those with the highest count.
-        best = np.argmax(support, axis=1)
-        votes = q[np.arange(len(self)), best]
-        return np.where(filled.any(axis=1), votes, self.init_labels).astype(np.int32)
+        return _majority(self.queue, self.init_labels)
+
+    def vote_with(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The label `rows` would get if `new` were pushed now (the queue is not changed).
+
+        This is the label an utterance will carry once its newest teacher label is in: what
+        the teacher's loss is measured against for the noisy-label GMM (as in the authors'
+        code, `mode(queue + [new])[-Q:]`).
+        """
+        rows = np.asarray(rows)
+        q = self.queue[rows]
+        filled = (q != EMPTY).sum(axis=1)
+        full = filled == self.length
+        q[full, :-1] = q[full, 1:]
+        q[np.arange(len(rows)), np.where(full, self.length - 1, filled)] = np.asarray(new)
+        return _majority(q, self.init_labels[rows])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint (numpy only, so they save with `np.savez` or `torch.save`)."""
@@ -109,3 +114,18 @@ def _check_labels(labels: np.ndarray) -> None:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
         raise ValueError("labels must be non-negative int32 values (-1 marks an empty slot)")
+
+
+def _majority(q: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """Row-wise majority of queue rows `q` (oldest first, EMPTY at the end); ties go to the
+    label that entered first; an empty row gives `init`."""
+    filled = q != EMPTY
+    # support[:, j] = how often the label in slot j occurs in its row (0 for empty slots).
+    support = np.zeros(q.shape, dtype=np.int16)
+    for j in range(q.shape[1]):
+        support += (q == q[:, j : j + 1]) & filled
+    # argmax takes the first maximum: the first occurrence of the earliest-entered label
+    # among those with the highest count.
+    best = np.argmax(support, axis=1)
+    votes = q[np.arange(len(q)), best]
+    return np.where(filled.any(axis=1), votes, init).astype(np.int32)

@@ -1,60 +1,72 @@
-"""Stage 2: self-supervised reflective learning (SSRL-NOTES, "Stage 2"), and the classifier
-training of one round of the iterative baseline, which is the same loop with the labels fixed.
+"""Stage 2: self-supervised reflective learning (SSRL-NOTES, "Stage 2"), and the two other
+classifier trainings that share its loop: one round of the iterative baseline (labels fixed)
+and the supervised topline (labels = the true speakers; reporting only).
 
 The student learns to classify utterances into pseudo speakers with an AAM-softmax whose rows
 start as the k-means centroids. The teacher, an EMA of the student, re-labels every utterance
-it sees ("online clustering"); a per-utterance queue smooths those labels; a two-component
-GMM on the teacher's losses down-weights utterances whose label is probably wrong; clusters
-that lose all their utterances are removed for good.
+it sees on a long clean crop ("online clustering"); a per-utterance queue smooths those labels;
+a two-component GMM on the teacher's losses down-weights utterances whose label is probably
+wrong; clusters that lose all their utterances are removed for good.
+
+Where the paper leaves details open we follow the authors' released code (facts listed in
+docs/method.md, each behind a config switch):
+- relabelling takes the argmax of the teacher's AAM logits with the margin applied to the
+  utterance's current label (`relabel: margin`);
+- the GMM scores the teacher's loss against the label the utterance will carry next (the vote
+  of its queue plus the new argmax; the plain argmax before the first update)
+  (`nlm_label: next`);
+- the teacher starts recording `queue_len // 2 + 1` epochs before the first update, so a new
+  label can outvote the k-means seed at once (`record_from_epoch: null`);
+- Sinkhorn balances exp(softmax probabilities / 0.05) (`sinkhorn_input: probs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ssrl.training.clustering import cluster_quality, sinkhorn
-from ssrl.evaluation.embed import evaluate_store
+from ssrl.data.loader import CropBatches, View, augmenter_from_config, batches_per_epoch
+from ssrl.data.stores import WaveStore
+from ssrl.evaluation.embed import embed_waves, evaluate_waves
+from ssrl.files import InputError, save_npz
+from ssrl.models.encoders import build_encoder
 from ssrl.models.frontend import Frontend
 from ssrl.models.heads import AAMSoftmax
-from ssrl.files import InputError, save_npz, write_json
-from ssrl.data.loader import CropBatches, View, augmenter_from_config, open_store
-from ssrl.models.encoders import build_encoder
-from ssrl.training.noisy_labels import clean_detection_rates, clean_posterior
+from ssrl.models.model_file import load_model_file, load_state_checked, save_model_file
+from ssrl.training.checkpoints import Checkpoints
+from ssrl.training.clustering import cluster_quality, sinkhorn
+from ssrl.training.ema import ema_update, frozen_copy
+from ssrl.training.job import Inputs, Progress, compute_record, write_records
 from ssrl.training.label_queue import LabelQueue
-from ssrl.tracking.mlflow_run import Tracker
+from ssrl.training.noisy_labels import clean_detection_rates, clean_posterior
+from ssrl.training.optim import cosine_schedule, param_groups, set_lr, teacher_momentum
 from ssrl.training.runtime import (
-    Checkpoints,
     Dist,
     all_gather_cat,
     all_reduce_mean,
     autocast,
-    batches_per_epoch,
-    cosine_schedule,
-    ema_update,
+    distribute,
     finite_or_raise,
-    frozen_copy,
     init_runtime,
-    linear_schedule,
-    load_model_file,
-    load_state_checked,
     maybe_compile,
-    param_groups,
-    save_model_file,
-    set_lr,
     unwrap,
 )
 
 log = logging.getLogger("ssrl.ssrl")
 
+RELABEL_MODES = ("margin", "cosine", "sticky")
+
 
 class SpeakerClassifier(nn.Module):
-    """Encoder → (optional dropout, the "model noise") → AAM-softmax over pseudo speakers."""
+    """Encoder -> (optional dropout, the "model noise") -> AAM-softmax over pseudo speakers."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, scale: float, margin: float,
                  dropout: float = 0.0):
@@ -69,35 +81,123 @@ class SpeakerClassifier(nn.Module):
         return self.classifier(self.dropout(self.encoder(feats)), labels, active)
 
 
-def load_labels(path: Path, utt_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo labels and centroids from the clustering stage, checked against the store order."""
-    with np.load(path) as z:
-        ids, labels, centroids = list(z["utt_ids"]), z["labels"], z["centroids"]
-    if ids != list(utt_ids):
-        raise InputError(f"{path}: utterance ids do not match the training store "
-                         "(was it clustered from another data set?)")
-    return labels.astype(np.int64), centroids.astype(np.float32)
-
-
-def lr_schedule(c: dict, epochs: int, steps: int) -> np.ndarray:
-    """Two cosine cycles: warm_lr → min_lr over the warm epochs, then restart at lr → min_lr."""
-    warm = min(c["warm_epochs"], epochs)
-    first = cosine_schedule(c["warm_lr"], c["min_lr"], warm * steps)
-    second = cosine_schedule(c["lr"], c["min_lr"], (epochs - warm) * steps)
-    return np.concatenate([first, second])
-
+# --- the teacher's view: online clustering ---------------------------------------------------
 
 @torch.no_grad()
-def teacher_relabel(teacher: SpeakerClassifier, feats: torch.Tensor, labels: torch.Tensor,
-                    active: torch.Tensor, use_sinkhorn: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Online clustering: each utterance's nearest active prototype, and the teacher's loss
-    against its current (queue-smoothed) label, which the noisy-label GMM reads."""
+def teacher_logits(teacher: SpeakerClassifier, feats: torch.Tensor, labels: torch.Tensor,
+                   active: torch.Tensor, mode: str = "margin") -> torch.Tensor:
+    """Scaled cosines `[B, K]` of each utterance to the active prototypes (-inf elsewhere).
+
+    mode "margin" (the authors' code): the AAM margin is applied to the utterance's current
+        label, as in training, so a runner-up whose angle is within the margin of the
+        current prototype's takes the label (the margin penalises staying);
+    mode "cosine": plain scaled cosines (nearest prototype);
+    mode "sticky": the margin favours the current label instead: a runner-up must be closer
+        than the current prototype by the margin angle to take it.
+    """
     emb = teacher.encoder(feats).float()
-    cos = teacher.classifier.cosine(emb, active)
-    scores = sinkhorn(cos * teacher.classifier.scale, active=active) if use_sinkhorn else cos
-    new_labels = scores.argmax(dim=1)
-    loss = teacher.classifier(emb, labels, active)
-    return new_labels, loss
+    head = teacher.classifier
+    if mode == "margin":
+        return head.logits(emb, labels, active)
+    cos = head.cosine(emb, active)
+    if mode == "cosine":
+        return head.scale * cos
+    if mode == "sticky":
+        theta = torch.acos(cos.gather(1, labels[:, None]).clamp(-1.0, 1.0))
+        bonus = torch.cos((theta - head.margin).clamp_min(0.0))
+        return head.scale * cos.scatter(1, labels[:, None], bonus)
+    raise ValueError(f"relabel mode must be one of {RELABEL_MODES}, got {mode!r}")
+
+
+def relabel(logits: torch.Tensor, active: torch.Tensor, use_sinkhorn: bool,
+            sinkhorn_input: str = "probs") -> torch.Tensor:
+    """Each utterance's new label: the argmax of the teacher's logits, or of their
+    Sinkhorn-balanced assignment (input exp(softmax / 0.05) as the authors' code, or
+    exp(logits / 0.05))."""
+    if not use_sinkhorn:
+        return logits.argmax(dim=1)
+    scores = F.softmax(logits, dim=1) if sinkhorn_input == "probs" else logits
+    return sinkhorn(scores, active=active).argmax(dim=1)
+
+
+# --- per-utterance label state -----------------------------------------------------------------
+
+@dataclass
+class LabelState:
+    """Everything SSRL keeps per utterance and per cluster (checkpointed whole)."""
+
+    labels: np.ndarray  # int64 [N]: training labels
+    queue: LabelQueue
+    p_clean: np.ndarray  # float32 [N]: weight of each utterance in the student loss
+    active: np.ndarray  # bool [K]: clusters not removed
+    recorded_label: np.ndarray = field(init=False)  # this epoch's teacher argmax (-1: unseen)
+    recorded_loss: np.ndarray = field(init=False)  # this epoch's teacher loss (NaN: unseen)
+
+    def __post_init__(self) -> None:
+        self.recorded_label = np.full(len(self.labels), -1, dtype=np.int64)
+        self.recorded_loss = np.full(len(self.labels), np.nan, dtype=np.float32)
+
+    @classmethod
+    def start(cls, labels: np.ndarray, n_classes: int, queue_len: int) -> LabelState:
+        return cls(labels.copy(), LabelQueue(labels, queue_len),
+                   np.ones(len(labels), dtype=np.float32), np.ones(n_classes, dtype=bool))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"labels": self.labels, "p_clean": self.p_clean, "active": self.active,
+                "recorded_label": self.recorded_label, "recorded_loss": self.recorded_loss,
+                **{f"queue.{k}": v for k, v in self.queue.state_dict().items()}}
+
+    def load(self, state: dict) -> None:
+        self.queue.load_state_dict({k[6:]: v.numpy() for k, v in state.items()
+                                    if k.startswith("queue.")})
+        for name in ("labels", "p_clean", "active", "recorded_label", "recorded_loss"):
+            setattr(self, name, state[name].numpy())
+
+    def next_labels(self, utts: np.ndarray, new: np.ndarray, updating: bool) -> np.ndarray:
+        """The label each utterance will carry after this epoch, given the teacher's new label:
+        the queue's vote with it once labels update, the new label itself before that. A vote
+        for a removed cluster falls back to the new label (always active)."""
+        if not updating:
+            return new
+        voted = self.queue.vote_with(utts, new).astype(np.int64)
+        return np.where(self.active[voted], voted, new)
+
+
+def refresh_labels(c: dict, epoch: int, state: LabelState) -> float:
+    """End of a recording epoch: push the teacher's labels into the queue; once the hold period
+    is over the training labels become the queue's majority vote, and clusters left with no
+    utterance are removed for good. Returns the fraction of labels that changed."""
+    seen = state.recorded_label >= 0
+    state.queue.push(np.where(seen, state.recorded_label, 0), seen)
+    if epoch < c["hold_epochs"] - 1:
+        return 0.0
+    voted = state.queue.vote().astype(np.int64)
+    # A vote for a cluster removed earlier falls back to the teacher's (always active) label.
+    stale = ~state.active[voted]
+    voted[stale] = np.where(seen[stale], state.recorded_label[stale], state.labels[stale])
+    changed = float(np.mean(voted != state.labels))
+    state.labels = voted
+    state.active &= np.bincount(voted, minlength=len(state.active)) > 0
+    return changed
+
+
+def record_from_epoch(c: dict) -> int:
+    """First epoch the teacher records: explicit, or `queue_len // 2 + 1` epochs before the
+    first update at the end of epoch `hold_epochs - 1` (the authors' timetable)."""
+    if c.get("record_from_epoch") is not None:
+        return int(c["record_from_epoch"])
+    return max(c["hold_epochs"] - (c["queue_len"] // 2 + 1), 0)
+
+
+def weighted_loss(per_utt: torch.Tensor, p_clean: torch.Tensor | None,
+                  d: Dist = Dist()) -> torch.Tensor:
+    """Noisy-label modelling: L = sum p_clean * CE / sum p_clean; the plain mean when off.
+
+    Under DDP each process divides by the global sum p_clean / world, so that DDP's average of
+    the processes' gradients is the gradient of L over the whole global batch."""
+    if p_clean is None:
+        return per_utt.mean()
+    return (p_clean * per_utt).sum() / all_reduce_mean(p_clean.sum(), d).clamp_min(1e-8)
 
 
 def majority_cluster_match(labels: np.ndarray, speakers: list[str]) -> np.ndarray:
@@ -108,202 +208,282 @@ def majority_cluster_match(labels: np.ndarray, speakers: list[str]) -> np.ndarra
     return labels == counts.argmax(axis=1)[spk_ids]
 
 
-def train_ssrl(cfg: dict, train_store: Path, noise_store: Path | None, rir_store: Path | None,
-               init_model: Path, labels_file: Path, out_dir: Path, test_store: Path | None = None,
-               tracker: Tracker | None = None, relabel: bool = True, epochs: int | None = None,
-               warm_start: bool = True) -> list[dict]:
-    """Train and write `out_dir/model.pt`. `relabel=False` is one round of the iterative
-    baseline: fixed labels, no teacher relabelling, the student is the result."""
-    c = cfg["ssrl"]
-    epochs = epochs or c["epochs"]
-    device, d = init_runtime(cfg["runtime"])
-    store = open_store(train_store)
-    frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
-    augmenter = augmenter_from_config(cfg, noise_store, rir_store, c["p_reverb"], c["p_noise"])
-    kmeans_labels, centroids = load_labels(labels_file, store.utt_ids)
-    n_utts, n_classes = len(store), len(centroids)
+def label_diagnostics(state: LabelState, speakers: list[str] | None) -> dict:
+    """Cluster count, pseudo-label quality and clean-detector rates (true labels: report only)."""
+    row = {"n_clusters": int(state.active.sum()), "p_clean_mean": float(state.p_clean.mean())}
+    if speakers is not None:
+        row.update({k: float(v) for k, v in cluster_quality(speakers, state.labels).items()
+                    if k != "n_clusters"})
+        rates = clean_detection_rates(state.p_clean,
+                                      majority_cluster_match(state.labels, speakers))
+        row.update({f"clean_{k}": float(v) for k, v in rates.items()})
+    return row
 
-    # Initialisation: encoder from the previous model, classifier rows = cluster prototypes.
+
+def lr_schedule(c: dict, epochs: int, steps: int) -> np.ndarray:
+    """Two cosine cycles: warm_lr -> min_lr over the warm epochs, then restart at lr -> min_lr."""
+    warm = min(c["warm_epochs"], epochs)
+    first = cosine_schedule(c["warm_lr"], c["min_lr"], warm * steps)
+    second = cosine_schedule(c["lr"], c["min_lr"], (epochs - warm) * steps)
+    return np.concatenate([first, second])
+
+
+def load_labels(path, utt_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo labels and centroids from the clustering stage, checked against the store order."""
+    with np.load(path) as z:
+        ids, labels, centroids = list(z["utt_ids"]), z["labels"], z["centroids"]
+    if ids != list(utt_ids):
+        raise InputError(f"{path}: utterance ids do not match the training store "
+                         "(was it clustered from another data set?)")
+    return labels.astype(np.int64), centroids.astype(np.float32)
+
+
+# --- one training run ------------------------------------------------------------------------
+
+def no_phase(name: str) -> contextlib.AbstractContextManager:
+    """The default `Run.phase`: steps name their phases so a benchmark can time them."""
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Run:
+    """What one classifier training holds while it runs (the loop's working set)."""
+
+    cfg: dict
+    c: dict  # the stage's section: ssrl, or the classifier keys of a round / the topline
+    device: torch.device
+    d: Dist
+    store: WaveStore
+    frontend: Frontend
+    student: nn.Module  # DDP-wrapped under torchrun
+    teacher: SpeakerClassifier | None
+    optimizer: torch.optim.Optimizer
+    batches: CropBatches
+    lr_at: np.ndarray
+    momentum_at: np.ndarray
+    steps: int
+    state: LabelState
+    relabel: bool  # SSRL: the teacher re-labels; False: fixed labels (round, topline)
+    tracker: object | None = None
+    phase: Callable[[str], contextlib.AbstractContextManager] = no_phase
+
+
+def build_run(cfg: dict, c: dict, store, augmenter, labels: np.ndarray, centroids: np.ndarray,
+              *, epochs: int, relabel: bool, init_encoder: dict | None, device: torch.device,
+              d: Dist, tracker=None) -> Run:
+    """Student (encoder from `init_encoder`, AAM rows = `centroids`), EMA teacher, optimiser,
+    schedules and label state: everything a classifier training needs before its first step."""
     torch.manual_seed(cfg["seed"])  # the initial weights: the same in every run and process
     encoder = build_encoder({**cfg["model"], "n_mels": cfg["features"]["n_mels"]})
-    if warm_start:
-        init = load_model_file(init_model)
-        load_state_checked(encoder, init["encoder"], str(init_model))
-    student = SpeakerClassifier(encoder, n_classes, c["scale"], c["margin"], c["dropout"])
-    if warm_start:
+    if init_encoder is not None:
+        load_state_checked(encoder, init_encoder, "the initial model")
+    student = SpeakerClassifier(encoder, len(centroids), c["scale"], c["margin"], c["dropout"])
+    if init_encoder is not None:
         with torch.no_grad():
             student.classifier.weight.copy_(torch.from_numpy(centroids))
     student.to(device)
-    use_ema = c["ema"] and relabel
-    teacher = frozen_copy(student).to(device) if use_ema else None
+    teacher = frozen_copy(student).to(device) if relabel and c["ema"] else None
     maybe_compile(cfg["runtime"], student.encoder, *([teacher.encoder] if teacher else []))
-    if d.world > 1:
-        if device.type == "cuda":  # SyncBatchNorm has no CPU (gloo) implementation
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        student = nn.parallel.DistributedDataParallel(student)
+    student = distribute(student, device, d)
     optimizer = torch.optim.Adam(param_groups(student, c["weight_decay"]), lr=0.0,
                                  fused=device.type == "cuda")
-
-    steps = batches_per_epoch(n_utts, c["batch_size"], c["steps_per_epoch"])
-    total = steps * epochs
-    lr_at = lr_schedule(c, epochs, steps)
-    momentum_at = linear_schedule(c["momentum_start"], c["momentum_end"], total)
-
-    # Per-utterance state: training labels, their queue, p_clean, and this epoch's records.
-    labels = kmeans_labels.copy()
-    queue = LabelQueue(kmeans_labels, c["queue_len"])
-    p_clean = np.ones(n_utts, dtype=np.float32)
-    active = np.ones(n_classes, dtype=bool)
-    recorded_label = np.full(n_utts, -1, dtype=np.int64)
-    recorded_loss = np.full(n_utts, np.nan, dtype=np.float32)
-
-    ckpt = Checkpoints(out_dir / "checkpoint", d)
-    history: list[dict] = []
-    epoch0, step0 = 0, 0
-    resumed_losses: list[float] = []
-    state = ckpt.load()
-    if state is not None:
-        unwrap(student).load_state_dict(state["student"])
-        if teacher is not None:
-            teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        queue.load_state_dict({k[6:]: v.numpy() for k, v in state.items()
-                               if k.startswith("queue.")})
-        labels, p_clean, active = (state["labels"].numpy(), state["p_clean"].numpy(),
-                                   state["active"].numpy())
-        recorded_label, recorded_loss = (state["recorded_label"].numpy(),
-                                         state["recorded_loss"].numpy())
-        epoch0, step0, history = state["epoch"], state["step"], state["history"]
-        resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
-        log.info("resuming at epoch %d step %d", epoch0, step0)
-
-    def checkpoint(epoch: int, step: int) -> None:
-        arrays = {"labels": labels, "p_clean": p_clean, "active": active,
-                  "recorded_label": recorded_label, "recorded_loss": recorded_loss,
-                  **{f"queue.{k}": v for k, v in queue.state_dict().items()}}
-        ckpt.save({"student": unwrap(student).state_dict(),
-                   "teacher": teacher.state_dict() if teacher is not None else {},
-                   "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                   "history": history, "epoch_losses": losses if step else [],
-                   **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}})
-
+    steps = batches_per_epoch(len(store), c["batch_size"], c["steps_per_epoch"])
     views = [View("student", 1, c["student_seconds"], augment=True)]
     if relabel:
         views.append(View("teacher", 1, c["teacher_seconds"],
                           augment=not c["teacher_clean_input"]))
+    frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
     batches = CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter, device,
                           cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"])
-    every = cfg["runtime"]["checkpoint_every_steps"]
-    nlm = c["noisy_label_modeling"] and relabel
-    result = teacher if teacher is not None else unwrap(student)  # the model this stage yields
-    test = open_store(test_store) if test_store is not None and d.main else None
-
-    for epoch in range(epoch0, epochs):
-        t_epoch, losses = time.time(), (resumed_losses if epoch == epoch0 else [])
-        recording = relabel and epoch >= c["record_from_epoch"]
-        active_t = torch.from_numpy(active).to(device)
-        for step, crops in batches.epoch(epoch, step0 if epoch == epoch0 else 0):
-            it = epoch * steps + step
-            set_lr(optimizer, float(lr_at[it]))
-            utts = crops["utts"].numpy()
-            y = torch.from_numpy(labels[utts]).long().to(device)
-
-            if recording:  # the teacher re-labels what it sees (a long, clean crop)
-                judge = teacher if teacher is not None else unwrap(student).eval()
-                with autocast(device, cfg["runtime"]["bf16"]):
-                    new, t_loss = teacher_relabel(judge, frontend(crops["teacher"][0]), y,
-                                                  active_t, c["sinkhorn"])
-                unwrap(student).train()
-                all_utts = all_gather_cat(crops["utts"].to(device), d).cpu().numpy()
-                recorded_label[all_utts] = all_gather_cat(new, d).cpu().numpy()
-                recorded_loss[all_utts] = all_gather_cat(t_loss.float(), d).cpu().numpy()
-
-            with autocast(device, cfg["runtime"]["bf16"]):
-                per_utt = student(frontend(crops["student"][0]), y, active_t)
-            weights = torch.from_numpy(p_clean[utts]).to(device) if nlm else None
-            loss = weighted_loss(per_utt, weights, d)
-            finite_or_raise(loss, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if teacher is not None:
-                ema_update(teacher, unwrap(student), float(momentum_at[it]))
-            losses.append(all_reduce_mean(loss.detach(), d).item())  # the global batch's loss
-            if tracker is not None and it % 10 == 0:
-                tracker.log_metrics({"loss": losses[-1], "lr": float(lr_at[it]),
-                                     "teacher_momentum": float(momentum_at[it])}, step=it)
-            if every and (it + 1) % every == 0 and step + 1 < steps:
-                checkpoint(epoch, step + 1)
-
-        row: dict = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if recording:
-            labels, active, row["changed"] = refresh_labels(c, epoch, queue, labels,
-                                                            recorded_label, active)
-            if nlm:
-                seen = ~np.isnan(recorded_loss)
-                if seen.sum() > 2:
-                    p_clean[seen] = clean_posterior(recorded_loss[seen], seed=cfg["seed"])
-            recorded_label[:] = -1
-            recorded_loss[:] = np.nan
-        row.update(label_diagnostics(labels, active, p_clean, store.spk))
-        if test is not None and c["eval_every"] and (
-                (epoch + 1) % c["eval_every"] == 0 or epoch + 1 == epochs):
-            row.update(evaluate_store(result.encoder, frontend, test, device))
-        row["seconds"] = time.time() - t_epoch
-        history.append(row)
-        log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                            if k not in ("epoch",) and isinstance(v, float)),
-                 epoch + 1, epochs)
-        if tracker is not None:
-            tracker.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
-        checkpoint(epoch + 1, 0)
-
-    if d.main:
-        save_model_file(out_dir / "model.pt", result.encoder, cfg["model"], cfg["features"],
-                        {"stage": "ssrl" if relabel else "iterative"})
-        write_json(out_dir / "history.json", history)
-        save_npz(out_dir / "labels.npz", utt_ids=np.array(store.utt_ids), labels=labels,
-                 centroids=result.classifier.weight.detach().cpu().numpy())
-    return history
+    return Run(cfg, c, device, d, store, frontend, student, teacher, optimizer, batches,
+               lr_schedule(c, epochs, steps), teacher_momentum(c, steps, steps * epochs), steps,
+               LabelState.start(labels, len(centroids), c.get("queue_len", 1)), relabel,
+               tracker)
 
 
-def weighted_loss(per_utt: torch.Tensor, p_clean: torch.Tensor | None,
-                  d: Dist = Dist()) -> torch.Tensor:
-    """Noisy-label modelling: L = Σ p_clean·CE / Σ p_clean; the plain mean when it is off.
+def ssrl_step(run: Run, crops: dict, epoch: int, step: int) -> float:
+    """One optimiser step: in a recording epoch the teacher first re-labels the batch on its
+    long clean crops and records its loss for the noisy-label GMM; then the student learns
+    from its short augmented crops (loss weighted by p_clean), and the teacher follows it."""
+    c, state, d, device = run.c, run.state, run.d, run.device
+    it = epoch * run.steps + step
+    set_lr(run.optimizer, float(run.lr_at[it]))
+    bf16 = run.cfg["runtime"]["bf16"]
+    active = torch.from_numpy(state.active).to(device)
+    utts = crops["utts"].numpy()
+    y = torch.from_numpy(state.labels[utts]).long().to(device)
 
-    Under DDP each process divides by the global Σ p_clean / world, so that DDP's average of
-    the processes' gradients is the gradient of L over the whole global batch."""
-    if p_clean is None:
-        return per_utt.mean()
-    return (p_clean * per_utt).sum() / all_reduce_mean(p_clean.sum(), d).clamp_min(1e-8)
+    if run.relabel and epoch >= record_from_epoch(c):
+        with run.phase("teacher"):
+            judge = run.teacher if run.teacher is not None else unwrap(run.student).eval()
+            with autocast(device, bf16):
+                logits = teacher_logits(judge, run.frontend(crops["teacher"][0]), y, active,
+                                        c["relabel"])
+            unwrap(run.student).train()
+            new = relabel(logits, active, c["sinkhorn"], c["sinkhorn_input"])
+            if c["nlm_label"] == "next":  # the label the utterance will carry next
+                updating = epoch >= c["hold_epochs"] - 1
+                target = state.next_labels(utts, new.cpu().numpy(), updating)
+                target = torch.from_numpy(target).to(device)
+            else:  # "current": the label it is trained with now
+                target = y
+            t_loss = F.cross_entropy(logits.float(), target, reduction="none")
+            all_utts = all_gather_cat(crops["utts"].to(device), d).cpu().numpy()
+            state.recorded_label[all_utts] = all_gather_cat(new, d).cpu().numpy()
+            state.recorded_loss[all_utts] = all_gather_cat(t_loss.float(), d).cpu().numpy()
+
+    with run.phase("student"):
+        with autocast(device, bf16):
+            per_utt = run.student(run.frontend(crops["student"][0]), y, active)
+        nlm = run.relabel and c["noisy_label_modeling"]
+        weights = torch.from_numpy(state.p_clean[utts]).to(device) if nlm else None
+        loss = weighted_loss(per_utt, weights, d)
+        finite_or_raise(loss, epoch, step)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with run.phase("optim"):
+        run.optimizer.step()
+    with run.phase("ema"):
+        if run.teacher is not None:
+            ema_update(run.teacher, unwrap(run.student), float(run.momentum_at[it]))
+    return all_reduce_mean(loss.detach(), d).item()  # the global batch's loss
 
 
-def refresh_labels(c: dict, epoch: int, queue: LabelQueue, labels: np.ndarray,
-                   recorded: np.ndarray,
-                   active: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """End of an epoch: push the teacher's labels into the queue; once the hold period is over
-    the training labels become the queue's majority vote, and clusters left with no utterance
-    are removed for good. Returns (labels, active clusters, fraction of labels changed)."""
-    seen = recorded >= 0
-    queue.push(np.where(seen, recorded, 0), seen)
-    if epoch < c["hold_epochs"] - 1:
-        return labels, active, 0.0
-    voted = queue.vote().astype(np.int64)
-    # A vote for a cluster removed earlier falls back to the teacher's (always active) label.
-    stale = ~active[voted]
-    voted[stale] = np.where(seen[stale], recorded[stale], labels[stale])
-    still_used = np.bincount(voted, minlength=len(active)) > 0
-    return voted, active & still_used, float(np.mean(voted != labels))
+def train_one_epoch(run: Run, epoch: int, start_step: int, losses: list[float],
+                    checkpoint) -> None:
+    """The student's pass over the epoch's batches (from `start_step` when resuming)."""
+    every = run.cfg["runtime"]["checkpoint_every_steps"]
+    for step, crops in run.batches.epoch(epoch, start_step):
+        losses.append(ssrl_step(run, crops, epoch, step))
+        it = epoch * run.steps + step
+        if run.tracker is not None and it % 10 == 0:
+            run.tracker.log_metrics({"step/loss": losses[-1], "step/lr": float(run.lr_at[it]),
+                                     "step/teacher_momentum": float(run.momentum_at[it])},
+                                    step=it + 1)
+        if every and (it + 1) % every == 0 and step + 1 < run.steps:
+            checkpoint(epoch, step + 1, losses)
 
 
-def label_diagnostics(labels: np.ndarray, active: np.ndarray, p_clean: np.ndarray,
-                      speakers: list[str] | None) -> dict:
-    """Cluster count, pseudo-label quality and clean-detector rates (true labels: report only)."""
-    row = {"n_clusters": float(active.sum()), "p_clean_mean": float(p_clean.mean())}
-    if speakers is not None:
-        row.update({k: float(v) for k, v in cluster_quality(speakers, labels).items()
-                    if k != "n_clusters"})
-        rates = clean_detection_rates(p_clean, majority_cluster_match(labels, speakers))
-        row.update({f"clean_{k}": float(v) for k, v in rates.items()})
+def end_of_epoch(run: Run, epoch: int) -> dict:
+    """Labels, cluster removal and p_clean after a recording epoch; the row's label numbers."""
+    c, state = run.c, run.state
+    row: dict = {}
+    if run.relabel and epoch >= record_from_epoch(c):
+        row["changed"] = refresh_labels(c, epoch, state)
+        if c["noisy_label_modeling"]:
+            seen = ~np.isnan(state.recorded_loss)
+            if seen.sum() > 2:
+                state.p_clean[seen] = clean_posterior(state.recorded_loss[seen],
+                                                      seed=run.cfg["seed"])
+        state.recorded_label[:] = -1
+        state.recorded_loss[:] = np.nan
+    row.update(label_diagnostics(state, run.store.spk))
     return row
 
+
+def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarray,
+                      centroids: np.ndarray, *, epochs: int, relabel: bool, warm_start: bool,
+                      stage: str, tracker=None) -> dict:
+    """The loop shared by SSRL (relabel=True) and the fixed-label trainings. Writes
+    `out/model.pt` (the EMA teacher's encoder when there is one, else the student's),
+    history.json, compute.json and labels.npz; returns the compute record."""
+    device, d = init_runtime(cfg["runtime"])
+    store = WaveStore(inputs.train)
+    augmenter = augmenter_from_config(cfg, inputs.noise, inputs.rir, c["p_reverb"], c["p_noise"])
+    dev = WaveStore(inputs.dev) if inputs.dev is not None and d.main else None
+    init = load_model_file(inputs.init)["encoder"] if warm_start else None
+    run = build_run(cfg, c, store, augmenter, labels, centroids, epochs=epochs,
+                    relabel=relabel, init_encoder=init, device=device, d=d, tracker=tracker)
+    student, teacher, optimizer = run.student, run.teacher, run.optimizer
+
+    ckpt = Checkpoints(out / "checkpoint", inputs.fingerprint(cfg), d)
+    history: list[dict] = []
+    epoch0, step0, resumed_losses = 0, 0, []
+    saved = ckpt.load()
+    if saved is not None:
+        unwrap(student).load_state_dict(saved["student"])
+        if teacher is not None:
+            teacher.load_state_dict(saved["teacher"])
+        optimizer.load_state_dict(saved["optimizer"])
+        run.state.load(saved)
+        epoch0, step0, history = saved["epoch"], saved["step"], saved["history"]
+        resumed_losses = list(saved.get("epoch_losses", []))  # this epoch's steps so far
+        log.info("resuming at epoch %d step %d", epoch0, step0)
+
+    def checkpoint(epoch: int, step: int, losses: list[float]) -> None:
+        ckpt.save({"student": unwrap(student).state_dict(),
+                   "teacher": teacher.state_dict() if teacher is not None else {},
+                   "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                   "history": history, "epoch_losses": losses if step else [],
+                   **{k: torch.from_numpy(np.ascontiguousarray(v))
+                      for k, v in run.state.arrays().items()}})
+
+    result = teacher if teacher is not None else unwrap(student)  # the model this stage yields
+    progress = Progress(epochs, history, tracker)
+    for epoch in range(epoch0, epochs):
+        t_epoch = time.time()
+        losses = resumed_losses if epoch == epoch0 else []
+        train_one_epoch(run, epoch, step0 if epoch == epoch0 else 0, losses, checkpoint)
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
+        row.update(end_of_epoch(run, epoch))
+        if dev is not None and c["eval_every"] and (
+                (epoch + 1) % c["eval_every"] == 0 or epoch + 1 == epochs):
+            row.update(evaluate_waves(result.encoder, run.frontend, dev, device, split="dev"))
+        row["seconds"] = time.time() - t_epoch
+        progress.epoch(row)
+        checkpoint(epoch + 1, 0, [])
+
+    compute = compute_record(history, run.steps, c["batch_size"], len(store))
+    if d.main:
+        save_model_file(out / "model.pt", result.encoder, cfg["model"], run.frontend,
+                        {"stage": stage, "seed": cfg["seed"]})
+        save_npz(out / "labels.npz", utt_ids=np.array(store.utt_ids), labels=run.state.labels,
+                 centroids=result.classifier.weight.detach().cpu().numpy())
+        write_records(out, history, compute, tracker)
+    ckpt.finish()
+    return compute
+
+
+# --- the three entries -------------------------------------------------------------------------
+
+def train_ssrl(cfg: dict, inputs: Inputs, out, tracker=None) -> dict:
+    """SSRL from the DINO model and its k-means labels (`inputs.init`, `inputs.labels`)."""
+    c = cfg["ssrl"]
+    labels, centroids = load_labels(inputs.labels, WaveStore(inputs.train).utt_ids)
+    return _train_classifier(cfg, c, inputs, out, labels, centroids, epochs=c["epochs"],
+                             relabel=True, warm_start=True, stage="ssrl", tracker=tracker)
+
+
+def train_iterative_round(cfg: dict, inputs: Inputs, out, tracker=None) -> dict:
+    """One round of the iterative baseline: AAM training on the fixed k-means labels of the
+    previous round's model; a new network (`init: scratch`) or the previous one (`warm`).
+    Reads its epochs and init from `iterative`, the classifier's settings from `ssrl`."""
+    it = cfg["iterative"]
+    c = {**cfg["ssrl"], "hold_epochs": 0, "noisy_label_modeling": False}
+    labels, centroids = load_labels(inputs.labels, WaveStore(inputs.train).utt_ids)
+    return _train_classifier(cfg, c, inputs, out, labels, centroids, epochs=it["epochs"],
+                             relabel=False, warm_start=it["init"] == "warm", stage="iterative",
+                             tracker=tracker)
+
+
+def train_supervised(cfg: dict, inputs: Inputs, out, tracker=None) -> dict:
+    """The supervised topline: the same classifier training from the DINO model, on the TRUE
+    speakers of the training set (its rows start at each speaker's mean DINO embedding).
+    Reporting only: nothing downstream reads it."""
+    store = WaveStore(inputs.train)
+    if store.spk is None:
+        raise InputError(f"{inputs.train}: no speaker labels (utt2spk); no supervised topline")
+    speakers, labels = np.unique(np.asarray(store.spk), return_inverse=True)
+    device, _ = init_runtime(cfg["runtime"])
+    from ssrl.models.model_file import load_encoder
+
+    dino = load_encoder(inputs.init, device)
+    with torch.no_grad():
+        emb = embed_waves(dino.encoder, dino.frontend, store, device)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    centroids = np.stack([emb[labels == k].mean(axis=0) for k in range(len(speakers))])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+    c = {**cfg["ssrl"], "hold_epochs": 0, "noisy_label_modeling": False}
+    return _train_classifier(cfg, c, inputs, out, labels.astype(np.int64),
+                             centroids.astype(np.float32), epochs=cfg["ssrl"]["epochs"],
+                             relabel=False, warm_start=True, stage="supervised", tracker=tracker)

@@ -1,69 +1,245 @@
-# Helpers shared by the workflow: validated config, paths, the ablation grid, config-to-CLI.
+# The one owner of the experiment's layout: the validated config, every path, the ablation grid,
+# the table of systems (which the tables, plots, report and MLflow read; nothing re-derives it),
+# and the config file of every job.
+#
+# Each job reads its config from a JSON file the workflow writes (rule job_config), never from
+# the command line, and every value interpolated into a shell command is quoted (`:q`), so no
+# config value or path can be run as shell code, and paths with spaces, quotes or `$` work.
+import copy
 import json
 import os
+import re
+import sys
+from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace, validate
 
+sys.path.insert(0, workflow.basedir)  # this checkout's ssrl package (also under --use-conda)
+from ssrl.config import (  # noqa: E402
+    CLASSIFIER_KEYS,
+    FULL,
+    check_config,
+    count_utterances,
+    variant_config,
+)
+from ssrl.files import InputError  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
-R = f"{config['results_dir']}/{config['experiment']}"
-LOGS = f"logs/{config['experiment']}"
-SSRL_DEFAULTS = config["ssrl"]
-
-# The ablation grid: the full method plus each declared variant, one row per SSRL run.
-SWITCHES = sorted({key for v in config["ablation"]["variants"] for key in v if key != "name"})
-
-
-def _switch_value(variant, key):
-    if key == "init_k":
-        return variant.get(key, SSRL_DEFAULTS["init_k"] or config["cluster"]["k"])
-    return variant.get(key, SSRL_DEFAULTS[key])
-
-
-VARIANTS = [{"name": "full"}] + list(config["ablation"]["variants"])
-GRID = pd.DataFrame(
-    [{key: _switch_value(v, key) for key in SWITCHES} or {"full": True} for v in VARIANTS]
-)
-GRID.index = [v["name"] for v in VARIANTS]
-paramspace = Paramspace(GRID, filename_params="*")
-VARIANT_DIRS = dict(zip(GRID.index, paramspace.instance_patterns))
-MAIN_SSRL = f"ssrl/{VARIANT_DIRS['full']}"
+EXP = config["experiment"]
+R = f"{config['results_dir']}/{EXP}"
+LOGS = f"logs/{EXP}"
+DATA = config["data"]
+SOURCE = DATA["source"]
+SEEDS = config["seeds"]
+K = config["cluster"]["k"]
+SSRL = config["ssrl"]
 ROUNDS = list(range(1, config["iterative"]["rounds"] + 1))
 
 
-def variant_name(pattern):
-    return {v: k for k, v in VARIANT_DIRS.items()}[pattern]
+def n_train_utterances():
+    """Training utterances, where known before preparation (for the start-up checks)."""
+    if SOURCE == "builtin":
+        return DATA["builtin"]["train_speakers"] * DATA["builtin"]["train_utts_per_speaker"]
+    if SOURCE == "kaldi":
+        train = DATA["kaldi"]["train"]
+        return count_utterances(Path(train) / "wav.scp") if train else None
+    return count_utterances(f"{R}/data/train/wav.scp")  # VoxCeleb: once prepared
 
 
-SHARED_SECTIONS = ("experiment", "seed", "features", "model", "augment", "runtime", "tracking")
+try:
+    check_config(config, n_train_utterances())
+except InputError as err:
+    raise WorkflowError(f"Invalid config: {err}") from None
+
+if SOURCE == "builtin":
+    HAS_DEV = DATA["builtin"]["dev_speakers"] > 0
+    TRAIN_LABELS = True
+elif SOURCE == "kaldi":
+    HAS_DEV = bool(DATA["kaldi"]["dev"])
+    TRAIN_LABELS = bool(DATA["kaldi"]["train"]) and (Path(DATA["kaldi"]["train"]) / "utt2spk").is_file()
+else:
+    HAS_DEV = bool(DATA["voxceleb"]["dev_root"])
+    TRAIN_LABELS = True
+TOPLINE = config["topline"] and TRAIN_LABELS
 
 
-def cfg_json(*stages, ssrl_overrides=None):
-    """The config a job reads, as one JSON argument: the shared sections plus its stages'.
-    Being the job's params, a change re-runs exactly the jobs that read it (and MLflow logs
-    it as the run's params); `data.source` goes along as the run's dataset tag."""
-    cfg = {key: config[key] for key in SHARED_SECTIONS + stages}
-    cfg = json.loads(json.dumps(cfg))
-    cfg["data"] = {"source": config["data"]["source"]}
-    if ssrl_overrides:
-        cfg["ssrl"].update(
-            {k: getattr(v, "item", lambda: v)() for k, v in ssrl_overrides.items() if k != "full"}
-        )
-    return json.dumps(cfg, sort_keys=True)
+# --- the ablation grid: the full method plus each declared variant ----------------------------
+VARIANTS = [{"name": FULL}] + list(config["ablation"]["variants"])
+SWITCHES = sorted({key for v in VARIANTS for key in v if key != "name"})
 
 
-def section_json(name):
-    return json.dumps(config[name], sort_keys=True)
+def grid_value(c, key):
+    return (c["init_k"] or K) if key == "init_k" else c[key]
+
+
+GRID = pd.DataFrame(
+    [{k: grid_value(variant_config(SSRL, v), k) for k in SWITCHES} or {"full": True}
+     for v in VARIANTS],
+    index=[v["name"] for v in VARIANTS],
+)
+paramspace = Paramspace(GRID, filename_params="*")
+VARIANT_DIRS = dict(zip(GRID.index, paramspace.instance_patterns))
+VARIANT_OF_DIR = {d: name for name, d in VARIANT_DIRS.items()}
+VARIANT_CONFIG = {v["name"]: variant_config(SSRL, v) for v in VARIANTS}
+
+
+def variant_k(name):
+    return VARIANT_CONFIG[name]["init_k"] or K
+
+
+# --- the table of systems ----------------------------------------------------------------------
+def system(name, kind, label, seed, folder, **extra):
+    """One row of the systems table: what it is, and every file it has (paths relative to R)."""
+    trained = kind != "baseline"
+    return {"name": name, "kind": kind, "label": label, "seed": seed, "dir": folder,
+            "model": f"{folder}/model.pt" if trained else None,
+            "history": f"{folder}/history.json" if trained else None,
+            "compute": f"{folder}/compute.json" if trained else None,
+            "labels": f"{folder}/labels.npz" if kind in ("ssrl", "iterative", "supervised")
+            else None,
+            "eval": f"eval/{folder}", "metrics": f"eval/{folder}/metrics.json",
+            "uses_labels": kind == "supervised", "variant": None, "round": None, "k": None,
+            "epochs": None, "switches": {}, "quality": None, "chain": [], **extra}
+
+
+def seed_systems(s):
+    dino = f"dino-seed{s}"
+    rows = [system(dino, "dino", "DINO", s, f"seed{s}/dino", k=K,
+                   epochs=config["dino"]["epochs"], quality=f"seed{s}/cluster/dino_k{K}/quality.json",
+                   chain=[dino])]
+    chain = [dino]
+    for r in ROUNDS:
+        name = f"iterative-round{r}-seed{s}"
+        source = "dino" if r == 1 else f"round{r - 1}"
+        chain = chain + [name]
+        rows.append(system(name, "iterative", f"Iterative round {r}", s,
+                           f"seed{s}/iterative/round{r}", round=r, k=K,
+                           epochs=config["iterative"]["epochs"],
+                           quality=f"seed{s}/cluster/{source}_k{K}/quality.json", chain=chain))
+    for v, pattern in VARIANT_DIRS.items():
+        name = f"ssrl-{v}-seed{s}"
+        rows.append(system(name, "ssrl", "SSRL" if v == FULL else f"SSRL {v}", s,
+                           f"seed{s}/ssrl/{pattern}", variant=v, k=variant_k(v),
+                           epochs=SSRL["epochs"],
+                           switches={k: grid_value(VARIANT_CONFIG[v], k) for k in SWITCHES},
+                           quality=f"seed{s}/cluster/dino_k{variant_k(v)}/quality.json",
+                           chain=[dino, name]))
+    if TOPLINE:
+        name = f"supervised-seed{s}"
+        rows.append(system(name, "supervised", "Supervised topline", s,
+                           f"seed{s}/supervised", epochs=SSRL["epochs"], chain=[dino, name]))
+    return rows
+
+
+SYSTEMS = [system("baseline", "baseline", "MFCC statistics (classical floor)", None, "baseline")]
+for _s in SEEDS:
+    SYSTEMS += seed_systems(_s)
+SYSTEM_DIRS = [row["dir"] for row in SYSTEMS]
+TRAINED_DIRS = [row["dir"] for row in SYSTEMS if row["kind"] != "baseline"]
+
+
+def store(name):
+    return f"{R}/store/{name}"
+
+
+AUGMENT_STORES = {"noise": store("noise"), "rir": store("rir")}
+DEV_STORE = {"dev": store("dev")} if HAS_DEV else {}
+
+
+def dev_flag(input):
+    return ["--dev", input.dev] if HAS_DEV else []
+
+
+def model_of(seed, source):
+    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
+    if source == "dino":
+        return f"{R}/seed{seed}/dino/model.pt"
+    return f"{R}/seed{seed}/iterative/{source}/model.pt"
+
+
+def previous_model(seed, r):
+    return model_of(seed, "dino" if int(r) == 1 else f"round{int(r) - 1}")
+
+
+def previous_clustering(seed, r):
+    source = "dino" if int(r) == 1 else f"round{int(r) - 1}"
+    return f"{R}/seed{seed}/cluster/{source}_k{K}/labels.npz"
+
+
+# --- the config file of every job ----------------------------------------------------------------
+SHARED_SECTIONS = ("features", "model", "augment", "runtime")
+
+
+def identity(name, stage, seed=None, **extra):
+    """A job's run identity (MLflow run name, tags): not part of its result's fingerprint."""
+    return {"name": name, "stage": stage, "seed": seed, "experiment": EXP, "dataset": SOURCE,
+            "results_dir": config["results_dir"], "tracking_uri": config["tracking"]["uri"],
+            **extra}
+
+
+def sections(*names, **more):
+    cfg = {name: copy.deepcopy(config[name]) for name in SHARED_SECTIONS + names}
+    cfg.update(copy.deepcopy(more))
+    return cfg
+
+
+def training_jobs(s):
+    jobs = {f"seed{s}/dino": sections("dino", seed=s, job=identity(
+        f"dino-seed{s}", "dino", s, epochs=config["dino"]["epochs"]))}
+    for k in sorted({K} | {variant_k(v) for v in VARIANT_DIRS}):
+        jobs[f"seed{s}/cluster/dino_k{k}"] = sections(
+            seed=s, cluster={**config["cluster"], "k": k})
+    for r in ROUNDS[:-1]:
+        jobs[f"seed{s}/cluster/round{r}_k{K}"] = sections(seed=s, cluster=config["cluster"])
+    for v, pattern in VARIANT_DIRS.items():
+        jobs[f"seed{s}/ssrl/{pattern}"] = sections(
+            seed=s, ssrl=VARIANT_CONFIG[v], job=identity(
+                f"ssrl-{v}-seed{s}", "ssrl", s, variant=v, k=variant_k(v),
+                epochs=SSRL["epochs"], parent=f"ablation-{EXP}"))
+    classifier = {k: v for k, v in SSRL.items() if k in CLASSIFIER_KEYS}
+    for r in ROUNDS:
+        jobs[f"seed{s}/iterative/round{r}"] = sections(
+            seed=s, ssrl=classifier, iterative=config["iterative"], job=identity(
+                f"iterative-round{r}-seed{s}", "iterative", s, variant=f"round{r}", k=K,
+                epochs=config["iterative"]["epochs"], parent=f"iterative-{EXP}"))
+    if TOPLINE:
+        jobs[f"seed{s}/supervised"] = sections(
+            seed=s, ssrl=classifier, job=identity(
+                f"supervised-seed{s}", "supervised", s, epochs=SSRL["epochs"],
+                uses_labels=True))
+    return jobs
+
+
+JOBS = {
+    "prepare": {"data": DATA},
+    **{f"store/{name}": {"data": {"on_bad": DATA["on_bad"],
+                                  "min_seconds": 0.0 if name == "rir" else DATA["min_seconds"]}}
+       for name in ("train", "dev", "test", "noise", "rir")},
+    "features": {"features": config["features"]},
+    "embed": {"runtime": config["runtime"], "eval": config["eval"]},
+    "score": {"eval": config["eval"]},
+    "baseline": {"job": identity("baseline", "baseline")},
+    "report": {"experiment": EXP, "data": {"source": SOURCE}, "eval": config["eval"],
+               "systems": SYSTEMS, "test_store": "store/test",
+               "trial_order": ["trials", *DATA["voxceleb"]["trials"]]},
+}
+for _s in SEEDS:
+    JOBS.update(training_jobs(_s))
+
+
+def job_file(name):
+    return f"{R}/jobs/{name}.json"
 
 
 def launcher():
-    """`python -m ssrl`, or torchrun with one process per GPU when runtime.gpus_per_job > 1."""
+    """`python -m ssrl` as a list of words, or torchrun with one process per GPU."""
     n = config["runtime"]["gpus_per_job"]
     if n > 1:
-        return f"torchrun --standalone --nproc_per_node={n} -m ssrl"
-    return "python -m ssrl"
+        return ["torchrun", "--standalone", f"--nproc_per_node={n}", "-m", "ssrl"]
+    return ["python", "-m", "ssrl"]
 
 
 def train_resources():
@@ -74,48 +250,27 @@ def train_resources():
     return res
 
 
-def store(name):
-    return f"{R}/store/{name}"
+def all_results():
+    """Every file the tables and plots read, named by the systems table."""
+    files = [f"{R}/{row[key]}" for row in SYSTEMS
+             for key in ("metrics", "history", "compute", "quality") if row[key]]
+    return sorted(set(files))
 
 
-AUGMENT_STORES = {"noise": store("noise"), "rir": store("rir")}
+def results_root(output):
+    """The experiment folder, from a rule's outputs `<R>/<step>/<file>`."""
+    return os.path.dirname(os.path.dirname(output[0]))
 
 
-def model_of(source):
-    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
-    return f"{R}/dino/model.pt" if source == "dino" else f"{R}/iterative/{source}/model.pt"
-
-
-def initial_k(instance):
-    return instance.get("init_k") or SSRL_DEFAULTS["init_k"] or config["cluster"]["k"]
-
-
-def previous_model(r):
-    return f"{R}/dino/model.pt" if int(r) == 1 else f"{R}/iterative/round{int(r) - 1}/model.pt"
-
-
-def previous_source(r):
-    return "dino" if int(r) == 1 else f"round{int(r) - 1}"
-
-
-SYSTEMS = (
-    ["dino"]
-    + [f"iterative/round{r}" for r in ROUNDS]
-    + [f"ssrl/{p}" for p in VARIANT_DIRS.values()]
-)
+# --- evaluation --------------------------------------------------------------------------------
+TRAINED = "|".join(re.escape(d) for d in TRAINED_DIRS)
+ANY_SYSTEM = "|".join(re.escape(d) for d in SYSTEM_DIRS)
 NORM = config["eval"]["score_norm"]
 
 
-def system_labels(system):
+def cohort_labels(w):
     """Pseudo labels a system was trained with (AS-norm cohort; never true labels)."""
-    if system == "dino":
-        return f"{R}/cluster/dino_k{config['cluster']['k']}/labels.npz"
-    return f"{R}/{system}/labels.npz"
-
-
-def all_results():
-    return {
-        "metrics": [f"{R}/eval/{s}/metrics.json" for s in SYSTEMS],
-        "baseline": f"{R}/baseline.json",
-        "clusters": [f"{R}/cluster/dino_k{config['cluster']['k']}/quality.json"],
-    }
+    row = next(r for r in SYSTEMS if r["dir"] == w.system)
+    if row["kind"] == "dino":
+        return f"{R}/{os.path.dirname(row['quality'])}/labels.npz"
+    return f"{R}/{row['labels']}"

@@ -1,62 +1,66 @@
-# Data: Kaldi-style folders from the configured source, then wave stores (+ test features).
+# Data: Kaldi-style folders from the configured source, then wave stores (+ features of the
+# evaluation sets), and the classical floor's embeddings of the test set.
 
 
 rule prepare_data:
     conda:
         "../../envs/conda.yaml"
+    input:
+        cfg=job_file("prepare"),
     output:
         directory(f"{R}/data"),
-    params:
-        data=lambda w: section_json("data"),
     log:
         f"{LOGS}/prepare_data.log",
     shell:
-        "python -m ssrl prepare --cfg '{params.data}' --out {output} 2>&1 | tee {log}"
+        "python -m ssrl prepare --job {input.cfg:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule wave_store:
     conda:
         "../../envs/conda.yaml"
     input:
-        f"{R}/data",
+        data=f"{R}/data",
+        cfg=lambda w: job_file(f"store/{w.set}"),
     output:
         directory(f"{R}/store/{{set}}"),
     wildcard_constraints:
-        set="train|test|noise|rir",
-    params:
-        on_bad=config["data"]["on_bad"],
-        min_seconds=lambda w: 0.0 if w.set == "rir" else config["data"]["min_seconds"],
+        set="train|dev|test|noise|rir",
     log:
         f"{LOGS}/wave_store_{{set}}.log",
     shell:
-        "python -m ssrl store --data {input}/{wildcards.set} --out {output}"
-        " --on-bad {params.on_bad} --min-seconds {params.min_seconds} 2>&1 | tee {log}"
+        "python -m ssrl wave-store --job {input.cfg:q} --data {input.data:q}/{wildcards.set:q}"
+        " --out {output:q} 2>&1 | tee {log:q}"
 
 
-rule test_features:
+rule feature_store:
     conda:
         "../../envs/conda.yaml"
     input:
-        store("test"),
+        store=lambda w: store(w.set),
+        cfg=job_file("features"),
     output:
-        directory(f"{R}/feats/test"),
+        directory(f"{R}/feats/{{set}}"),
+    wildcard_constraints:
+        set="dev|test",
+    log:
+        f"{LOGS}/feature_store_{{set}}.log",
+    shell:
+        "python -m ssrl feature-store --job {input.cfg:q} --store {input.store:q}"
+        " --out {output:q} 2>&1 | tee {log:q}"
+
+
+rule baseline:
+    conda:
+        "../../envs/conda.yaml"
+    input:
+        store=store("test"),
+        cfg=job_file("baseline"),
+    output:
+        f"{R}/eval/baseline/emb_test.npz",
     params:
-        features=lambda w: section_json("features"),
+        run=f"{R}/baseline",
     log:
-        f"{LOGS}/test_features.log",
+        f"{LOGS}/baseline.log",
     shell:
-        "python -m ssrl feats --cfg '{params.features}' --store {input} --out {output}"
-        " 2>&1 | tee {log}"
-
-
-rule crude_baseline:
-    conda:
-        "../../envs/conda.yaml"
-    input:
-        f"{R}/data",
-    output:
-        f"{R}/baseline.json",
-    log:
-        f"{LOGS}/crude_baseline.log",
-    shell:
-        "python -m ssrl baseline --data {input}/test --out {output} 2>&1 | tee {log}"
+        "python -m ssrl baseline --job {input.cfg:q} --store {input.store:q} --out {output:q}"
+        " --run-dir {params.run:q} 2>&1 | tee {log:q}"

@@ -1,5 +1,5 @@
-# Evaluation: embeddings of the test set for every system, scores and metrics, tables, plots.
-# A "system" is a trained model folder: dino, iterative/roundN, ssrl/<grid point>.
+# Evaluation: test-set embeddings of every system (a trained model folder, or the classical
+# baseline), their scores with bootstrap intervals, the tables, plots and the exported model.
 
 
 rule embed_test:
@@ -8,14 +8,20 @@ rule embed_test:
     input:
         model=f"{R}/{{system}}/model.pt",
         feats=f"{R}/feats/test",
+        cfg=job_file("embed"),
     output:
         f"{R}/eval/{{system}}/emb_test.npz",
+    wildcard_constraints:
+        system=TRAINED,
+    params:
+        segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
     log:
         f"{LOGS}/eval/{{system}}/embed_test.log",
     shell:
-        "python -m ssrl embed --model {input.model} --feats {input.feats}"
-        " --threads {threads} --out {output} 2>&1 | tee {log}"
+        "python -m ssrl embed --model {input.model:q} --feats {input.feats:q}"
+        " --threads {threads:q} --segment-seconds {params.segment:q} --out {output:q}"
+        " 2>&1 | tee {log:q}"
 
 
 rule embed_train:
@@ -24,14 +30,20 @@ rule embed_train:
     input:
         model=f"{R}/{{system}}/model.pt",
         store=store("train"),
+        cfg=job_file("embed"),
     output:
         f"{R}/eval/{{system}}/emb_train.npz",
+    wildcard_constraints:
+        system=TRAINED,
+    params:
+        segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
     log:
         f"{LOGS}/eval/{{system}}/embed_train.log",
     shell:
-        "python -m ssrl embed --model {input.model} --data {input.store}"
-        " --threads {threads} --out {output} 2>&1 | tee {log}"
+        "python -m ssrl embed --model {input.model:q} --data {input.store:q}"
+        " --threads {threads:q} --segment-seconds {params.segment:q} --out {output:q}"
+        " 2>&1 | tee {log:q}"
 
 
 rule score:
@@ -39,84 +51,90 @@ rule score:
         "../../envs/conda.yaml"
     input:
         emb=f"{R}/eval/{{system}}/emb_test.npz",
-        data=f"{R}/data",
+        test=store("test"),
+        cfg=job_file("score"),
         norm=lambda w: (
             []
             if NORM == "none"
-            else {
-                "train": f"{R}/eval/{w.system}/emb_train.npz",
-                "labels": system_labels(w.system),
-            }
+            else {"train": f"{R}/eval/{w.system}/emb_train.npz", "labels": cohort_labels(w)}
         ),
     output:
         metrics=f"{R}/eval/{{system}}/metrics.json",
+    wildcard_constraints:
+        system=ANY_SYSTEM,
     params:
-        norm=(
-            lambda w, input: ""
+        norm=lambda w, input: (
+            ["--norm", NORM]
             if NORM == "none"
-            else f"--norm {NORM} --train-embeddings {input.train} --labels {input.labels}"
-            f" --top-n {config['eval']['asnorm_top_n']}"
+            else ["--norm", NORM, "--train-embeddings", input.train, "--labels", input.labels,
+                  "--top-n", config["eval"]["asnorm_top_n"]]
         ),
-        scores=lambda w, output: os.path.dirname(output.metrics),
+        run=lambda w: f"{R}/{w.system}",
+    threads: config["runtime"]["threads"]
     log:
         f"{LOGS}/eval/{{system}}/score.log",
     shell:
-        "python -m ssrl score --embeddings {input.emb} --test-dir {input.data}/test"
-        " {params.norm} --scores-dir {params.scores} --out {output.metrics} 2>&1 | tee {log}"
+        "python -m ssrl score --job {input.cfg:q} --embeddings {input.emb:q}"
+        " --store {input.test:q} {params.norm:q} --threads {threads:q}"
+        " --run-dir {params.run:q} --out {output.metrics:q} 2>&1 | tee {log:q}"
 
 
 rule tables:
     conda:
         "../../envs/conda.yaml"
     input:
-        **all_results(),
+        all_results(),
+        test=store("test"),
+        cfg=job_file("report"),
     output:
         main_csv=f"{R}/tables/main.csv",
+        main_paired=f"{R}/tables/main_paired.csv",
+        ablation_paired=f"{R}/tables/ablation_paired.csv",
         main_md=report(f"{R}/tables/main.md", caption="../report/main_table.rst",
                        category="Tables"),
         ablation_csv=f"{R}/tables/ablation.csv",
         ablation_md=report(f"{R}/tables/ablation.md", caption="../report/ablation_table.rst",
                            category="Tables"),
     params:
-        cfg=lambda w: json.dumps({"config": config, "variants": VARIANT_DIRS,
-                                  "systems": SYSTEMS}),
         out=lambda w, output: os.path.dirname(output.main_csv),
-        root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+        root=lambda w, output: results_root(output),
+    threads: config["runtime"]["threads"]
     log:
         f"{LOGS}/tables.log",
     shell:
-        "rm -rf {params.out}/partial && "  # what a failed --keep-going run left
-        "python -m ssrl tables --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
-        " 2>&1 | tee {log}"
+        "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
+        "python -m ssrl tables --job {input.cfg:q} --root {params.root:q}"
+        " --out-dir {params.out:q} 2>&1 | tee {log:q}"
 
 
 rule plots:
     conda:
         "../../envs/conda.yaml"
     input:
-        **all_results(),
+        all_results(),
+        cfg=job_file("report"),
     output:
+        dynamics=report(f"{R}/plots/dynamics.png", caption="../report/dynamics.rst",
+                        category="Figures"),
         trajectories=report(f"{R}/plots/trajectories.png",
                             caption="../report/trajectories.rst", category="Figures"),
         det=report(f"{R}/plots/det.png", caption="../report/det.rst", category="Figures"),
     params:
-        cfg=lambda w: json.dumps({"config": config, "variants": VARIANT_DIRS,
-                                  "systems": SYSTEMS}),
         out=lambda w, output: os.path.dirname(output.det),
-        root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+        root=lambda w, output: results_root(output),
     log:
         f"{LOGS}/plots.log",
     shell:
-        "rm -rf {params.out}/partial && "  # what a failed --keep-going run left
-        "python -m ssrl plots --cfg '{params.cfg}' --root {params.root} --out-dir {params.out}"
-        " 2>&1 | tee {log}"
+        "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
+        "python -m ssrl plots --job {input.cfg:q} --root {params.root:q}"
+        " --out-dir {params.out:q} 2>&1 | tee {log:q}"
 
 
 rule export_ssrl:
     conda:
         "../../envs/conda.yaml"
     input:
-        f"{R}/{MAIN_SSRL}/model.pt",
+        f"{R}/seed{SEEDS[0]}/ssrl/{VARIANT_DIRS[FULL]}/model.pt",
     output:
         torchscript=f"{R}/export/encoder.ts",
         onnx=f"{R}/export/encoder.onnx",
@@ -125,4 +143,4 @@ rule export_ssrl:
     log:
         f"{LOGS}/export_ssrl.log",
     shell:
-        "python -m ssrl export --model {input} --out-dir {params.out} 2>&1 | tee {log}"
+        "python -m ssrl export --model {input:q} --out-dir {params.out:q} 2>&1 | tee {log:q}"

@@ -7,45 +7,48 @@ rule dino:
     input:
         train=store("train"),
         **AUGMENT_STORES,
+        cfg=lambda w: job_file(f"seed{w.seed}/dino"),
     output:
-        f"{R}/dino/model.pt",
+        model=f"{R}/seed{{seed}}/dino/model.pt",
+        history=f"{R}/seed{{seed}}/dino/history.json",
+        compute=f"{R}/seed{{seed}}/dino/compute.json",
+    wildcard_constraints:
+        seed=r"\d+",
     params:
-        cfg=lambda w: cfg_json("dino"),
-        out=lambda w, output: os.path.dirname(output[0]),
+        out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
-        results=lambda w: config["results_dir"],
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
-        f"{LOGS}/dino.log",
+        f"{LOGS}/seed{{seed}}/dino.log",
     shell:
-        "{params.launch} dino --cfg '{params.cfg}' --results {params.results}"
-        " --train {input.train} --noise {input.noise} --rir {input.rir} --out {params.out}"
-        " 2>&1 | tee {log}"
+        "{params.launch:q} dino --job {input.cfg:q} --train {input.train:q}"
+        " --noise {input.noise:q} --rir {input.rir:q} --out {params.out:q} 2>&1 | tee {log:q}"
 
 
 rule cluster:
     conda:
         "../../envs/conda.yaml"
     input:
-        model=lambda w: model_of(w.source),
+        model=lambda w: model_of(w.seed, w.source),
         train=store("train"),
+        cfg=lambda w: job_file(f"seed{w.seed}/cluster/{w.source}_k{w.k}"),
     output:
-        labels=f"{R}/cluster/{{source}}_k{{k}}/labels.npz",
-        quality=f"{R}/cluster/{{source}}_k{{k}}/quality.json",
+        labels=f"{R}/seed{{seed}}/cluster/{{source}}_k{{k}}/labels.npz",
+        quality=f"{R}/seed{{seed}}/cluster/{{source}}_k{{k}}/quality.json",
     wildcard_constraints:
+        seed=r"\d+",
         source=r"dino|round\d+",
         k=r"\d+",
     params:
-        cfg=lambda w: cfg_json("cluster"),
         out=lambda w, output: os.path.dirname(output.labels),
         launch=launcher(),
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
-        f"{LOGS}/cluster_{{source}}_k{{k}}.log",
+        f"{LOGS}/seed{{seed}}/cluster_{{source}}_k{{k}}.log",
     shell:
-        "{params.launch} cluster --cfg '{params.cfg}' --model {input.model} --train {input.train}"
-        " --k {wildcards.k} --out {params.out} 2>&1 | tee {log}"
+        "{params.launch:q} cluster --job {input.cfg:q} --model {input.model:q}"
+        " --train {input.train:q} --out {params.out:q} 2>&1 | tee {log:q}"

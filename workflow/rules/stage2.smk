@@ -1,5 +1,5 @@
-# Stage 2: SSRL (one run per row of the ablation grid; the "full" row is the main result)
-# and the iterative baseline it is compared with (one job per round).
+# Stage 2: SSRL (one run per row of the ablation grid; the "full" row is the main result),
+# the iterative baseline it is compared with (one job per round), and the supervised topline.
 
 
 rule ssrl:
@@ -7,28 +7,31 @@ rule ssrl:
         "../../envs/conda.yaml"
     input:
         train=store("train"),
-        test=store("test"),
-        init=f"{R}/dino/model.pt",
-        labels=lambda w: f"{R}/cluster/dino_k{initial_k(paramspace.instance(w))}/labels.npz",
         **AUGMENT_STORES,
+        **DEV_STORE,
+        init=f"{R}/seed{{seed}}/dino/model.pt",
+        labels=lambda w: f"{R}/seed{w.seed}/cluster/dino_k"
+        f"{variant_k(VARIANT_OF_DIR[paramspace.wildcard_pattern.format(**w)])}/labels.npz",
+        cfg=lambda w: job_file(f"seed{w.seed}/ssrl/{paramspace.wildcard_pattern.format(**w)}"),
     output:
-        f"{R}/ssrl/{paramspace.wildcard_pattern}/model.pt",
+        model=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/model.pt",
+        history=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/history.json",
+        compute=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/compute.json",
+    wildcard_constraints:
+        seed=r"\d+",
     params:
-        cfg=lambda w: cfg_json("ssrl", ssrl_overrides=paramspace.instance(w)),
-        out=lambda w, output: os.path.dirname(output[0]),
-        name=lambda w: variant_name(paramspace.wildcard_pattern.format(**w)),
+        out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
-        results=lambda w: config["results_dir"],
+        dev=lambda w, input: dev_flag(input),
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
-        f"{LOGS}/ssrl_{paramspace.wildcard_pattern}.log",
+        f"{LOGS}/seed{{seed}}/ssrl_{paramspace.wildcard_pattern}.log",
     shell:
-        "{params.launch} ssrl --cfg '{params.cfg}' --results {params.results}"
-        " --train {input.train} --noise {input.noise} --rir {input.rir} --test {input.test}"
-        " --init {input.init} --labels {input.labels} --variant {params.name}"
-        " --out {params.out} 2>&1 | tee {log}"
+        "{params.launch:q} ssrl --job {input.cfg:q} --train {input.train:q}"
+        " --noise {input.noise:q} --rir {input.rir:q} {params.dev:q} --init {input.init:q}"
+        " --labels {input.labels:q} --out {params.out:q} 2>&1 | tee {log:q}"
 
 
 rule iterative_round:
@@ -36,26 +39,58 @@ rule iterative_round:
         "../../envs/conda.yaml"
     input:
         train=store("train"),
-        test=store("test"),
-        init=lambda w: previous_model(w.r),
-        labels=lambda w: f"{R}/cluster/{previous_source(w.r)}_k{config['cluster']['k']}/labels.npz",
         **AUGMENT_STORES,
+        **DEV_STORE,
+        init=lambda w: previous_model(w.seed, w.r),
+        labels=lambda w: previous_clustering(w.seed, w.r),
+        cfg=lambda w: job_file(f"seed{w.seed}/iterative/round{w.r}"),
     output:
-        f"{R}/iterative/round{{r}}/model.pt",
+        model=f"{R}/seed{{seed}}/iterative/round{{r}}/model.pt",
+        history=f"{R}/seed{{seed}}/iterative/round{{r}}/history.json",
+        compute=f"{R}/seed{{seed}}/iterative/round{{r}}/compute.json",
     wildcard_constraints:
+        seed=r"\d+",
         r=r"\d+",
     params:
-        cfg=lambda w: cfg_json("ssrl", "iterative"),
-        out=lambda w, output: os.path.dirname(output[0]),
+        out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
-        results=lambda w: config["results_dir"],
+        dev=lambda w, input: dev_flag(input),
     threads: config["runtime"]["threads"]
     resources:
         **train_resources(),
     log:
-        f"{LOGS}/iterative_round{{r}}.log",
+        f"{LOGS}/seed{{seed}}/iterative_round{{r}}.log",
     shell:
-        "{params.launch} round --cfg '{params.cfg}' --results {params.results}"
-        " --train {input.train} --noise {input.noise} --rir {input.rir} --test {input.test}"
-        " --init {input.init} --labels {input.labels} --round {wildcards.r}"
-        " --out {params.out} 2>&1 | tee {log}"
+        "{params.launch:q} iterative --job {input.cfg:q} --train {input.train:q}"
+        " --noise {input.noise:q} --rir {input.rir:q} {params.dev:q} --init {input.init:q}"
+        " --labels {input.labels:q} --out {params.out:q} 2>&1 | tee {log:q}"
+
+
+rule supervised:
+    conda:
+        "../../envs/conda.yaml"
+    input:
+        train=store("train"),
+        **AUGMENT_STORES,
+        **DEV_STORE,
+        init=f"{R}/seed{{seed}}/dino/model.pt",
+        cfg=lambda w: job_file(f"seed{w.seed}/supervised"),
+    output:
+        model=f"{R}/seed{{seed}}/supervised/model.pt",
+        history=f"{R}/seed{{seed}}/supervised/history.json",
+        compute=f"{R}/seed{{seed}}/supervised/compute.json",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        out=lambda w, output: os.path.dirname(output.model),
+        launch=launcher(),
+        dev=lambda w, input: dev_flag(input),
+    threads: config["runtime"]["threads"]
+    resources:
+        **train_resources(),
+    log:
+        f"{LOGS}/seed{{seed}}/supervised.log",
+    shell:
+        "{params.launch:q} supervised --job {input.cfg:q} --train {input.train:q}"
+        " --noise {input.noise:q} --rir {input.rir:q} {params.dev:q} --init {input.init:q}"
+        " --out {params.out:q} 2>&1 | tee {log:q}"

@@ -1,0 +1,117 @@
+"""Reading audio files: every format the workflow accepts, as float32 mono at 16 kHz.
+
+wav/flac (anything libsndfile reads) go through soundfile; m4a/aac/mp4 (VoxCeleb2) through the
+ffmpeg binary that `imageio-ffmpeg` ships. Problems are `AudioError`s naming the file, so the
+caller can add the list and line that named it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from ssrl.files import InputError
+
+log = logging.getLogger("ssrl.data")
+
+#: The one sample rate of the whole workflow (SSRL-NOTES, stage 0).
+SAMPLE_RATE = 16000
+#: Containers libsndfile cannot read; these are decoded by the ffmpeg binary of imageio-ffmpeg.
+FFMPEG_SUFFIXES = frozenset({".m4a", ".aac", ".mp4"})
+
+
+class AudioError(InputError):
+    """An audio file that cannot be used. Keeps the reason apart so reports can list it alone."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+    """Decode through ffmpeg straight to mono s16le at `sample_rate` (it mixes and resamples)."""
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
+           "-vn", "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(sample_rate), "-"]
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(path, "cannot decode audio"
+                         + (f" (ffmpeg: {detail[-1]})" if detail else ""))
+    pcm = np.frombuffer(proc.stdout, dtype="<i2")
+    return (pcm.astype(np.float32) / 32768.0)[:, None]
+
+
+def wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a RIFF/WAVE file's data chunk when the file is cut short.
+
+    libsndfile reads a truncated WAV without complaint, returning the samples that are there;
+    the header still says how many there should be. None when the file is whole, is not a
+    plain RIFF WAVE file, or declares no size (streamed files write 0 or 0xFFFFFFFF).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                present = size - offset - 8
+                if length in (0, 0xFFFFFFFF) or present >= length:
+                    return None
+                return length, present
+            offset += 8 + length + (length & 1)  # chunks are word aligned
+    return None
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Load an audio file as float32 mono at `sample_rate`.
+
+    Other rates are resampled (polyphase) and multi-channel audio is down-mixed by averaging;
+    both are logged on the `ssrl.data` logger. Samples are returned as stored: float files may
+    exceed [-1, 1] (the wave store rescales those and counts them). Missing, truncated,
+    undecodable, empty, silent or non-finite audio raises `AudioError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "audio file not found")
+    if path.suffix.lower() in FFMPEG_SUFFIXES:
+        data, rate = _decode_ffmpeg(path, sample_rate), sample_rate
+    else:
+        cut = wav_shortfall(path)
+        if cut is not None:
+            raise AudioError(path, f"truncated WAV file (header declares {cut[0]} bytes of "
+                                   f"audio, {cut[1]} present)")
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+            raise AudioError(path, f"cannot decode audio ({err})") from None
+
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "audio contains NaN or infinite samples")
+    if not data.any():
+        raise AudioError(path, "silent audio (all samples are zero)")
+
+    if data.shape[1] > 1:
+        log.info("%s: down-mixed %d channels to mono", path, data.shape[1])
+    wave = data.mean(axis=1, dtype=np.float32)
+    if rate != sample_rate:
+        log.info("%s: resampled %d Hz -> %d Hz", path, rate, sample_rate)
+        g = math.gcd(int(rate), int(sample_rate))
+        wave = resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
+    return wave

@@ -1,0 +1,199 @@
+"""The experiment's figures, from the systems table: SSRL's dynamics (the paper's figure:
+cluster count and pseudo-label NMI against epoch), the ablation trajectories, and DET curves.
+
+Epochs are 1-based everywhere (epoch 0 is the k-means start: K clusters and DINO's NMI).
+Legends sit below the axes so they never hide a curve or a marker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import norm
+
+from ssrl.evaluation.metrics import _eer_from_points, det_curve
+from ssrl.evaluation.scoring import read_scores
+from ssrl.files import atomic_path
+from ssrl.report.results import Group, load_groups, trial_lists
+
+PANELS = (("n_clusters", "clusters"), ("nmi", "pseudo-label NMI"),
+          ("dev/eer", "dev EER % (teacher)"), ("p_clean_mean", "mean p_clean"))
+DET_TICKS = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8])
+
+
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    from matplotlib.figure import Figure  # no pyplot: no global backend state (Agg canvas)
+
+    fig = Figure(figsize=size)
+    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
+
+
+def _save(fig, path: Path, legend_rows: int = 0) -> None:
+    handles, labels = {}, []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if labels:
+        fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
+                   ncol=min(len(labels), 4), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.04 * max(legend_rows, -(-len(labels) // 4)), 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(1-based epochs, values) of one history key; rows without it are skipped."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        if row.get(key) is not None:
+            xs.append(int(row.get("epoch", i + 1)))
+            ys.append(float(row[key]))
+    return xs, ys
+
+
+def _start(group: Group, key: str) -> float | None:
+    """The epoch-0 value of an SSRL run: its k-means clustering (K clusters, DINO's NMI)."""
+    quality = group.members[0].quality or {}
+    return {"n_clusters": quality.get("n_clusters", group.row.get("k")),
+            "nmi": quality.get("nmi")}.get(key)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    """One run's trajectory (cluster count, NMI, dev EER, mean p_clean per epoch) as a PNG."""
+    fig, axes = _figure(2, 2, (8, 6))
+    for ax, (key, label) in zip(axes, PANELS):
+        xs, ys = series(history, key)
+        if xs:
+            ax.plot(xs, ys, marker=".")
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, lw=0.3)
+    fig.suptitle(title)
+    _save(fig, Path(path))
+
+
+def plot_dynamics(groups: dict[str, Group], path: Path) -> None:
+    """The paper's figure: cluster count and pseudo-label NMI of full SSRL against epoch, one
+    line per seed, from the k-means start (epoch 0); DINO's k-means NMI as a reference."""
+    fig, axes = _figure(1, 2, (10, 4))
+    full = next((g for g in groups.values() if g.kind == "ssrl" and g.row["variant"] == "full"),
+                None)
+    true_speakers = None
+    for m in (full.members if full else []):
+        if not m.history:
+            continue
+        for ax, key in zip(axes, ("n_clusters", "nmi")):
+            xs, ys = series(m.history, key)
+            start = _start(Group(full.key, full.label, "ssrl", [m]), key)
+            if start is not None:
+                xs, ys = [0, *xs], [float(start), *ys]
+            ax.plot(xs, ys, marker=".", lw=1.2, label=f"SSRL seed {m.row['seed']}")
+        true_speakers = true_speakers or (m.quality or {}).get("n_classes")
+    axes[0].set_ylabel("clusters")
+    axes[1].set_ylabel("pseudo-label NMI (true speakers, reporting only)")
+    for ax in axes:
+        ax.set_xlabel("epoch (0 = k-means start)")
+        ax.grid(True, lw=0.3)
+    fig.suptitle("SSRL dynamics: cluster count and pseudo-label quality")
+    _save(fig, path)
+
+
+def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
+    """Every SSRL variant per epoch (seed mean), the iterative rounds as markers at the epochs
+    they have spent, and DINO's k-means as a dashed reference."""
+    fig, axes = _figure(2, 2, (10, 7))
+    variants = [g for g in groups.values() if g.kind == "ssrl"]
+    for g in variants:
+        for ax, (key, _) in zip(axes, PANELS):
+            runs = [series(m.history, key) for m in g.members if m.history]
+            runs = [r for r in runs if r[0]]
+            if not runs:
+                continue
+            n = min(len(r[0]) for r in runs)
+            xs = runs[0][0][:n]
+            ys = np.mean([r[1][:n] for r in runs], axis=0)
+            ax.plot(xs, ys, lw=2.0 if g.row["variant"] == "full" else 1.0,
+                    label=f"SSRL {g.row['variant']}")
+    rounds = [g for g in groups.values() if g.kind == "iterative"]
+    spent, marks = 0, {"nmi": ([], [])}
+    for g in rounds:
+        m = g.members[0]
+        spent += len(m.history or [])
+        nmi = m.final_labels()["nmi"]
+        if nmi is not None:
+            marks["nmi"][0].append(spent)
+            marks["nmi"][1].append(nmi)
+    dino = next((g for g in groups.values() if g.kind == "dino"), None)
+    for ax, (key, label) in zip(axes, PANELS):
+        if key in marks and marks[key][0]:
+            ax.plot(*marks[key], "ks", ms=5, ls=":",
+                    label="iterative rounds (NMI of the clustering each trained on)")
+        start = _start(dino, key) if dino else None
+        if start is not None:
+            ax.axhline(start, color="0.4", ls="--", lw=0.8, label="DINO k-means (epoch 0)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, lw=0.3)
+    fig.suptitle("SSRL ablation trajectories (mean over seeds)")
+    _save(fig, path, legend_rows=2)
+
+
+def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
+    """DET curves (normal-deviate axes) with each system's minDCF operating points marked."""
+    fig, (ax,) = _figure(1, 1, (6, 6.5))
+    clip = 1e-5  # keep probits finite at rates of 0 and 1
+    for name, (scores, labels) in curves.items():
+        fpr, fnr = det_curve(scores, labels)
+        (line,) = ax.plot(norm.ppf(np.clip(fpr, clip, 1 - clip)),
+                          norm.ppf(np.clip(fnr, clip, 1 - clip)),
+                          label=f"{name} (EER {100 * _eer_from_points(fpr, fnr):.1f} %)")
+        for p, marker in ((0.01, "o"), (0.05, "s")):
+            i = int(np.argmin(p * fnr + (1 - p) * fpr))
+            ax.plot(norm.ppf(np.clip(fpr[i], clip, 1 - clip)),
+                    norm.ppf(np.clip(fnr[i], clip, 1 - clip)), marker, color=line.get_color(),
+                    ms=6, mfc="none")
+    ax.plot([], [], "ko", mfc="none", label="minDCF point, p_target 0.01")
+    ax.plot([], [], "ks", mfc="none", label="minDCF point, p_target 0.05")
+    ticks = norm.ppf(DET_TICKS)
+    labels = [f"{100 * t:g}" for t in DET_TICKS]
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_ticks(ticks, labels=labels)
+    ax.set_xlim(ticks[0], ticks[-1])
+    ax.set_ylim(ticks[0], ticks[-1])
+    ax.plot([ticks[0], ticks[-1]], [ticks[0], ticks[-1]], color="0.7", lw=0.8, ls=":")
+    ax.set_xlabel("false alarm rate (%)")
+    ax.set_ylabel("miss rate (%)")
+    ax.grid(True, lw=0.3)
+    _save(fig, Path(path), legend_rows=2)
+
+
+def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
+    """`dynamics.png`, `trajectories.png` and `det.png` (first test list) in `out_dir`."""
+    root, out_dir = Path(root), Path(out_dir)
+    groups = load_groups(cfg, root)
+    lists = trial_lists(cfg, groups)
+    plot_dynamics(groups, out_dir / "dynamics.png")
+    plot_trajectories(groups, out_dir / "trajectories.png")
+    first = lists[0] if lists else None
+    curves = {}
+    wanted = ["baseline", "dino", "iterative", "ssrl", "supervised"]
+    picked: dict[str, Group] = {}
+    for g in groups.values():
+        if g.kind == "ssrl" and g.row["variant"] != "full":
+            continue
+        picked[g.kind] = g  # the last iterative round wins
+    for kind in wanted:
+        g = picked.get(kind)
+        m = g.members[0] if g else None
+        entry = m.list_metrics(first) if m and first else None
+        if entry is None:
+            continue
+        scores, labels = read_scores(root / m.row["eval"] / entry["scores"])
+        if labels is not None:
+            curves[g.label] = (scores, labels)
+    plot_det(curves, out_dir / "det.png")

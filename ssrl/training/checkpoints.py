@@ -1,0 +1,105 @@
+"""Resume points of a training job, valid only for the job that wrote them.
+
+A checkpoint carries a fingerprint of everything that determines the job's result: its config
+(every section it reads, minus where and how it runs), the identity of each input (a store's
+checksummed meta.json, a model or label file's bytes) and the training code's version. A job
+resumes only from a checkpoint with its own fingerprint; otherwise it starts over and says so
+in one log line. A finished job deletes its checkpoint, so a rerun with changed values can never
+pick it up: the result always comes from the config that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ssrl
+from ssrl.files import InputError, atomic_path
+from ssrl.training.runtime import Dist
+
+log = logging.getLogger("ssrl.train")
+
+#: Bumped whenever training code changes what a given config and inputs produce.
+TRAINING_CODE_VERSION = 2
+#: Runtime keys that change the numbers (the others only say where and how fast it runs).
+RESULT_RUNTIME_KEYS = ("bf16", "compile")
+
+
+def _digest_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def input_identity(path: str | os.PathLike | None) -> str:
+    """What identifies an input: a store folder by its meta.json (which lists every shard's
+    sha256), a file by its bytes; "none" when there is no such input."""
+    if path is None:
+        return "none"
+    path = Path(path)
+    if path.is_dir():
+        meta = path / "meta.json"
+        return _digest_file(meta) if meta.is_file() else f"folder:{path.resolve()}"
+    if not path.is_file():
+        raise InputError(f"{path}: input not found")
+    return _digest_file(path)
+
+
+def fingerprint(cfg: dict[str, Any], inputs: dict[str, str | os.PathLike | None]) -> str:
+    """sha256 of the job's result-determining config, its inputs and the code version."""
+    result_cfg = {k: v for k, v in cfg.items() if k not in ("job", "runtime", "tracking")}
+    result_cfg["runtime"] = {k: cfg.get("runtime", {}).get(k) for k in RESULT_RUNTIME_KEYS}
+    what = {"config": result_cfg, "inputs": {k: input_identity(v) for k, v in inputs.items()},
+            "code": [ssrl.__version__, TRAINING_CODE_VERSION]}
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Checkpoints:
+    """`<dir>/last.pt`, replaced atomically, loaded with `weights_only=True` (no code runs).
+
+    A checkpoint holds tensors, numpy arrays (as tensors), numbers, strings, the position
+    `(epoch, step)` of the NEXT step to run, every per-utterance state, and the fingerprint.
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: str, d: Dist = Dist()):
+        self.dir = Path(directory)
+        self.path = self.dir / "last.pt"
+        self.fingerprint = fingerprint
+        self.d = d
+
+    def save(self, state: dict[str, Any]) -> None:
+        if not self.d.main:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+
+    def load(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None (none, or one written for another job)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise InputError(f"{self.path}: cannot load checkpoint ({err}); "
+                             "delete it to start this stage over") from None
+        theirs = state.get("fingerprint")
+        if theirs != self.fingerprint:
+            log.warning("%s was written for another config or other inputs (fingerprint %s, "
+                        "this job %s): starting over", self.path, theirs, self.fingerprint)
+            return None
+        return state
+
+    def finish(self) -> None:
+        """The job wrote its result: its resume point must not outlive it."""
+        if self.d.main:  # the folder holds only this job's resume points (and a killed write's)
+            shutil.rmtree(self.dir, ignore_errors=True)
