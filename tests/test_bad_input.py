@@ -239,3 +239,146 @@ def test_embed_of_a_kaldi_folder_works_with_a_matching_model(capsys, data, tmp_p
     assert rc == 0, err
     with np.load(out) as z:
         assert z["utt_ids"].tolist() == ["a", "b"] and z["emb"].shape == (2, 8)
+
+
+# --- nothing the user owns is deleted -----------------------------------------------------------
+@pytest.fixture
+def thesis(tmp_path: Path) -> Path:
+    """A folder of the user's that an output path must never replace."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("\\chapter{Results}\n")
+    return folder
+
+
+def _refused(capsys, argv: list[str], folder: Path) -> str:
+    rc, err = cli(capsys, *argv)
+    assert rc == 2
+    lines = message_lines(err)
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_store_refuses_to_replace_a_folder_it_did_not_make(capsys, data, thesis, tmp_path):
+    line = _refused(capsys, ["wave-store", "--data", str(data), "--out", str(thesis)], thesis)
+    assert line == (f"ssrl wave-store: error: {thesis}: folder exists and was not written by "
+                    "ssrl; refusing to replace it (choose another output folder, or remove it "
+                    "yourself)")
+    assert (thesis / "thesis.tex").read_text() == "\\chapter{Results}\n"
+    # its own input: the user's wav.scp and audio stay
+    line = _refused(capsys, ["wave-store", "--data", str(data), "--out", str(data)], data)
+    assert line == (f"ssrl wave-store: error: {data}: the output would overlap the input "
+                    f"{data}; choose an output folder outside it")
+    assert (data / "wav.scp").is_file() and (data / "a.wav").is_file()
+    # a folder ssrl made (it has the marker) is replaced: reruns work
+    out = tmp_path / "store"
+    assert cli(capsys, "wave-store", "--data", str(data), "--out", str(out))[0] == 0
+    assert cli(capsys, "wave-store", "--data", str(data), "--out", str(out))[0] == 0
+    assert WaveStore(out).utt_ids == ["a", "b"]
+
+
+def test_features_and_prepare_refuse_a_users_folder(capsys, data, thesis, tmp_path):
+    store = tmp_path / "store"
+    assert cli(capsys, "wave-store", "--data", str(data), "--out", str(store))[0] == 0
+    line = _refused(capsys, ["feature-store", "--store", str(store), "--out", str(thesis)],
+                    thesis)
+    assert line.startswith(f"ssrl feature-store: error: {thesis}: folder exists and was not")
+    line = _refused(capsys, ["feature-store", "--store", str(store), "--out", str(store)], store)
+    assert "the output would overlap the input" in line
+    assert WaveStore(store).utt_ids == ["a", "b"]
+    for source in ({"source": "kaldi", "kaldi": {"train": str(data), "test": str(data)}},
+                   {"source": "builtin", "builtin": {"train_speakers": 2,
+                                                     "train_utts_per_speaker": 2,
+                                                     "sessions_per_speaker": 2,
+                                                     "test_speakers": 2,
+                                                     "test_utts_per_speaker": 2}}):
+        job = tmp_path / "prepare.json"
+        job.write_text(json.dumps({"data": source}))
+        line = _refused(capsys, ["prepare", "--job", str(job), "--out", str(thesis)], thesis)
+        assert line.startswith(f"ssrl prepare: error: {thesis}: folder exists and was not")
+        assert sorted(p.name for p in thesis.iterdir()) == ["thesis.tex"]
+    job.write_text(json.dumps({"data": {"source": "kaldi", "kaldi": {
+        "train": str(data), "test": str(data)}}}))
+    line = _refused(capsys, ["prepare", "--job", str(job), "--out", str(data / "prepared")],
+                    data)
+    assert "the output would overlap the input" in line
+    assert sorted(p.name for p in data.iterdir()) == ["a.wav", "b.wav", "trials", "wav.scp"]
+
+
+# --- audio that used to be accepted quietly -------------------------------------------------------
+def test_truncated_wav_is_refused(capsys, data, tmp_path):
+    wav = data / "a.wav"
+    raw = wav.read_bytes()
+    wav.write_bytes(raw[: len(raw) // 2])
+    line = store_error(capsys, data, tmp_path / "store")
+    assert line == (f"ssrl wave-store: error: {data}/wav.scp:1: {wav}: truncated WAV file "
+                    f"(header declares {len(raw) - 44} bytes of audio, {len(raw) // 2 - 44} "
+                    "present)")
+
+
+def test_float_audio_beyond_full_scale_is_scaled_and_counted(capsys, data, tmp_path):
+    t = np.arange(16000) / 16000
+    loud = (3.0 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(data / "b.wav", loud, 16000, subtype="FLOAT")
+    out = tmp_path / "store"
+    proc = python_m_ssrl("wave-store", "--data", str(data), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{data}/wav.scp: 1 utterance(s) had samples beyond [-1, 1]" in proc.stderr
+    store = WaveStore(out)
+    assert store.meta["report"]["n_rescaled"] == 1
+    b = store.full(store.index_of("b"))
+    np.testing.assert_allclose(b, loud / 3.0, atol=2 / 32768)  # the shape kept, not clipped
+
+
+def test_errors_inside_the_workflow_name_the_users_file(capsys, tmp_path, make_wav):
+    """A bad file found while the store is built names the user's wav.scp line, not the
+    prepared copy (results/<exp>/data/...)."""
+    mine = tmp_path / "mine"
+    make_wav(mine / "a.wav", 1.0, seed=1)
+    make_wav(mine / "b.wav", 1.0, seed=2)
+    (mine / "c.wav").write_bytes(b"RIFF\x00\x00\x00\x00not a wave")
+    (mine / "wav.scp").write_text("# my corpus\n\na a.wav\n\nb b.wav\nc c.wav\n")
+    job = tmp_path / "prepare.json"
+    job.write_text(json.dumps({"data": {"source": "kaldi", "kaldi": {
+        "train": str(mine), "test": str(mine)}}}))
+    assert cli(capsys, "prepare", "--job", str(job), "--out", str(tmp_path / "prepared"))[0] == 0
+    line = store_error(capsys, tmp_path / "prepared" / "train", tmp_path / "store")
+    assert line.startswith(f"ssrl wave-store: error: {mine}/wav.scp:6: {mine}/c.wav: "
+                           "cannot decode audio (")
+
+
+# --- scoring ------------------------------------------------------------------------------------
+@pytest.fixture
+def embeddings(tmp_path: Path) -> Path:
+    from ssrl.evaluation.scoring import save_embeddings
+
+    path = tmp_path / "emb.npz"
+    save_embeddings(path, ["a", "b", "c"], np.eye(3, dtype=np.float32))
+    return path
+
+
+def test_score_takes_a_trial_path_that_holds_an_equals_sign(capsys, tmp_path, embeddings):
+    folder = tmp_path / "run=1"
+    folder.mkdir()
+    (folder / "trials").write_text("a b target\na c nontarget\n")
+    out = tmp_path / "m.json"
+    rc, _ = cli(capsys, "score", "--embeddings", str(embeddings), "--trials",
+                str(folder / "trials"), "--replicates", "0", "--out", str(out))
+    assert rc == 0
+    assert json.loads(out.read_text())["trials"]["trials"]["n_trials"] == 2
+    rc, _ = cli(capsys, "score", "--embeddings", str(embeddings), "--trials",
+                f"mine={folder / 'trials'}", "--replicates", "0", "--out", str(out))
+    assert rc == 0 and list(json.loads(out.read_text())["trials"]) == ["mine"]
+
+
+def test_a_list_without_targets_is_one_line_and_writes_nothing(capsys, tmp_path, embeddings):
+    trials = tmp_path / "trials"
+    trials.write_text("a b nontarget\na c nontarget\n")
+    out = tmp_path / "scored" / "metrics.json"
+    rc, err = cli(capsys, "score", "--embeddings", str(embeddings), "--trials", str(trials),
+                  "--out", str(out))
+    assert rc == 2
+    assert message_lines(err) == [
+        f"ssrl score: error: {trials}: no target trials: EER and minDCF are undefined (remove "
+        "the labels to score it without metrics)"]
+    assert not (tmp_path / "scored").exists()
