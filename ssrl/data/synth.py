@@ -13,6 +13,16 @@ of shared channel archetypes, so the same speaker is heard through different cha
 different speakers through similar ones: channel is a partial cue only, which is what defeats a
 crude utterance-mean MFCC baseline while leaving speaker traits learnable.
 
+A real voice is not the same in every recording: with `session_voice_var` > 0 each session
+shifts the speaker's F0 level, vocal effort (spectral tilt, breathiness) and speaking rate a
+little, so no trait is a perfect fingerprint. `voice_colour_db` bounds the speaker-specific
+spectral colouring, a static cue real voices offer far less of than a synthesiser can.
+
+Dev and test speakers can come from shifted *domains* (`dev_domain`, `test_domain`): domain d > 0
+redraws the shared phone inventory's formant targets (another "language"), the channel
+archetypes (other rooms and devices) and the noise types, from its own seed stream. A model
+trained in domain 0 and evaluated in domain 2 is tested on what transfers.
+
 Everything is deterministic from `CorpusSpec.seed`: each speaker, session and utterance draws from
 its own generator keyed by (seed, part, indices), so the output never depends on loop order.
 """
@@ -44,7 +54,7 @@ _OLA_NORM = 1.5
 
 #: Seed-stream keys of the corpus parts, so no two parts ever share random numbers.
 _PART = {"train": 1, "test": 2, "babble": 3, "noise": 4, "music": 5, "rir": 6, "archetypes": 7,
-         "dev": 8}
+         "dev": 8, "domain": 9}
 #: Number of shared channel archetypes (rooms x devices) sessions are drawn around.
 N_ARCHETYPES = 6
 #: Largest EQ bell gain in dB; sets how much the channel shifts an utterance's mean spectrum.
@@ -70,6 +80,10 @@ class CorpusSpec:
     test_utts_per_speaker: int = 12
     dev_speakers: int = 0
     dev_utts_per_speaker: int = 12
+    dev_domain: int = 0
+    test_domain: int = 0
+    session_voice_var: float = 0.0
+    voice_colour_db: float = VOICE_COLOUR_DB
     min_dur: float = 2.0
     max_dur: float = 6.0
     nontargets_per_target: int = 4
@@ -91,7 +105,8 @@ class CorpusSpec:
             if getattr(self, name) < 1:
                 raise InputError(f"corpus spec: {name} must be at least 1, "
                                  f"got {getattr(self, name)}")
-        for name in ("noise_files", "rir_files", "seed", "dev_speakers"):
+        for name in ("noise_files", "rir_files", "seed", "dev_speakers", "dev_domain",
+                     "test_domain", "session_voice_var", "voice_colour_db"):
             if getattr(self, name) < 0:
                 raise InputError(f"corpus spec: {name} must be >= 0, got {getattr(self, name)}")
         if self.test_speakers < 2:
@@ -202,7 +217,7 @@ class Voice:
     colour: np.ndarray = field(repr=False)  # [k, 3] bells (Hz, dB, octaves): cavities, nasality
 
 
-def draw_voice(rng: np.random.Generator) -> Voice:
+def draw_voice(rng: np.random.Generator, colour_db: float = VOICE_COLOUR_DB) -> Voice:
     """Draw a speaker. Formant scale correlates loosely with F0, as it does in real voices."""
     f0 = float(np.exp(rng.uniform(np.log(80.0), np.log(250.0))))
     pos = (np.log(f0) - np.log(80.0)) / (np.log(250.0) - np.log(80.0))
@@ -221,9 +236,44 @@ def draw_voice(rng: np.random.Generator) -> Voice:
         rate=float(rng.uniform(0.75, 1.35)),
         accent=np.exp(rng.normal(0.0, 0.05, size=(_N_PHONES, 4))),
         colour=np.stack([np.exp(rng.uniform(np.log(300), np.log(5000), 3)),
-                         rng.uniform(-VOICE_COLOUR_DB, VOICE_COLOUR_DB, 3),
+                         rng.uniform(-colour_db, colour_db, 3),
                          rng.uniform(0.5, 1.5, 3)], axis=1),
     )
+
+
+def session_voice(v: Voice, rng: np.random.Generator, var: float) -> Voice:
+    """The speaker as heard in one session: F0 level (sd `var` semitones), vocal effort (tilt
+    sd 2 `var` dB/octave, breathiness sd 30 `var` %) and rate (sd 8 `var` %) shifted."""
+    if var <= 0:
+        return v
+    return dataclasses.replace(
+        v,
+        f0_median=float(v.f0_median * 2 ** (rng.normal(0, var) / 12)),
+        tilt=float(np.clip(v.tilt + rng.normal(0, 2.0 * var), 1.0, 20.0)),
+        breath=float(np.clip(v.breath * np.exp(rng.normal(0, 0.3 * var)), 0.01, 0.4)),
+        rate=float(v.rate * np.exp(rng.normal(0, 0.08 * var))),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Domain:
+    """What a corpus domain shares: the phone inventory's formant factors `[phones, 4]`, the
+    channel archetypes, and a seed part for its augmentation-free noise draws."""
+
+    index: int
+    formants: np.ndarray
+    archetypes: list
+
+
+def draw_domain(seed: int, index: int) -> Domain:
+    """Domain 0 is the reference inventory and the corpus's archetypes; d > 0 redraws both."""
+    if index == 0:
+        arch_rng = _rng(seed, _PART["archetypes"])
+        return Domain(0, np.ones((_N_PHONES, 4)),
+                      [_draw_archetype(arch_rng, i) for i in range(N_ARCHETYPES)])
+    rng = _rng(seed, _PART["domain"], index)
+    formants = np.exp(rng.normal(0.0, 0.08, size=(_N_PHONES, 4)))
+    return Domain(index, formants, [_draw_archetype(rng, i) for i in range(N_ARCHETYPES)])
 
 
 def voice_dict(v: Voice) -> dict[str, Any]:
@@ -342,8 +392,10 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     return np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="same"), 0, x)
 
 
-def synth_speech(v: Voice, duration: float, rng: np.random.Generator) -> np.ndarray:
-    """Clean speech-like audio of `duration` seconds for voice `v` (RMS 0.05, float64)."""
+def synth_speech(v: Voice, duration: float, rng: np.random.Generator,
+                 inventory: np.ndarray | None = None) -> np.ndarray:
+    """Clean speech-like audio of `duration` seconds for voice `v` (RMS 0.05, float64);
+    `inventory` scales the shared phones' formant targets (a domain's "language")."""
     n = int(round(duration * SAMPLE_RATE))
     seq = _phone_sequence(rng, duration, v.rate)
     durs = np.array([d for _, d, _ in seq])
@@ -361,7 +413,9 @@ def synth_speech(v: Voice, duration: float, rng: np.random.Generator) -> np.ndar
         targets = np.array([[500.0, 1500.0, 2500.0, 3500.0]]) * v.formant_scale
         anchor_t = np.array([duration / 2])
     else:
-        targets = np.array([np.array(seq[i][0].formants) * v.accent[seq[i][2]] for i in son])
+        factors = inventory if inventory is not None else np.ones((_N_PHONES, 4))
+        targets = np.array([np.array(seq[i][0].formants) * v.accent[seq[i][2]]
+                            * factors[seq[i][2]] for i in son])
         targets *= v.formant_scale
         anchor_t = mids[son]
     formants = np.stack([np.interp(t, anchor_t, targets[:, k]) for k in range(4)], axis=1)
@@ -595,7 +649,7 @@ def _sessions(n_utts: int, n_sess: int) -> list[int]:
 
 
 def _write_speaker_split(root: Path, split: str, prefix: str, n_spk: int, n_utts: int,
-                         spec: CorpusSpec, archetypes: list[Channel]
+                         spec: CorpusSpec, domain: Domain
                          ) -> tuple[dict[str, str], dict[str, str], dict[str, Any], float]:
     """Synthesise one split; returns utt2spk, utt2sess, per-speaker traits, total seconds."""
     wav_rows, utt2spk, utt2sess = [], {}, {}
@@ -604,20 +658,22 @@ def _write_speaker_split(root: Path, split: str, prefix: str, n_spk: int, n_utts
     part = _PART[split]
     for s in range(n_spk):
         spk = f"{prefix}-spk{s:04d}"
-        voice = draw_voice(_rng(spec.seed, part, s, 0))
+        voice = draw_voice(_rng(spec.seed, part, s, 0), spec.voice_colour_db)
         sessions = []
         for k in range(spec.sessions_per_speaker):
             srng = _rng(spec.seed, part, s, 1, k)
-            ch = _draw_session(srng, archetypes)
+            ch = _draw_session(srng, domain.archetypes)
             rir = synth_rir(srng, ch.rt60, ch.drr_db) if ch.rt60 > 0 else None
-            sessions.append((ch, rir))
+            heard = session_voice(voice, _rng(spec.seed, part, s, 3, k), spec.session_voice_var)
+            sessions.append((ch, rir, heard))
         traits[spk] = voice_dict(voice) | {
-            "session_archetypes": [ch.archetype for ch, _ in sessions]}
+            "session_archetypes": [ch.archetype for ch, _, _ in sessions], "domain": domain.index}
         for u, k in enumerate(_sessions(n_utts, spec.sessions_per_speaker)):
             urng = _rng(spec.seed, part, s, 2, u)
             utt = f"{spk}-s{k + 1}-u{u:03d}"
             dur = float(urng.uniform(spec.min_dur, spec.max_dur))
-            x = apply_channel(synth_speech(voice, dur, urng), *sessions[k], urng)
+            ch, rir, heard = sessions[k]
+            x = apply_channel(synth_speech(heard, dur, urng, domain.formants), ch, rir, urng)
             rel = f"wav/{spk}/{utt}.wav"
             total += _write_wav(root / rel, x, peak=float(urng.uniform(0.3, 0.95)))
             wav_rows.append((utt, rel))
@@ -680,8 +736,8 @@ def generate_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, Any]:
     summary that is also written to `summary.json`.
     """
     out_dir = Path(out_dir)
-    arch_rng = _rng(spec.seed, _PART["archetypes"])
-    archetypes = [_draw_archetype(arch_rng, i) for i in range(N_ARCHETYPES)]
+    domains = {"train": draw_domain(spec.seed, 0), "dev": draw_domain(spec.seed, spec.dev_domain),
+               "test": draw_domain(spec.seed, spec.test_domain)}
     with atomic_dir(out_dir) as tmp:
         summary: dict[str, Any] = {"generator_version": GENERATOR_VERSION,
                                    "sample_rate": SAMPLE_RATE, "seed": spec.seed,
@@ -695,9 +751,10 @@ def generate_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, Any]:
             if n_spk == 0:
                 continue
             utt2spk, utt2sess, traits, seconds = _write_speaker_split(
-                tmp / split, split, prefix, n_spk, n_utts, spec, archetypes)
+                tmp / split, split, prefix, n_spk, n_utts, spec, domains[split])
             speakers.update(traits)
-            summary[split] = {"speakers": n_spk, "utterances": len(utt2spk),
+            summary[split] = {"speakers": n_spk, "domain": domains[split].index,
+                              "utterances": len(utt2spk),
                               "sessions": len(set(utt2sess.values())),
                               "seconds": round(seconds, 3)}
             if split in ("dev", "test"):
