@@ -239,7 +239,7 @@ def cmd_score(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from ssrl.models.export import export_encoder
 
-    export_encoder(Path(a.model), Path(a.out_dir))
+    export_encoder(Path(a.model), Path(a.out_dir), with_frontend=a.with_frontend)
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
     s.add_argument("--model", required=True)
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--with-frontend", action="store_true",
+                   help="include the front end: the files take 16 kHz waveforms [batch, samples] "
+                        "instead of features [batch, n_mels, frames]")
 
     for name, fn in (("tables", cmd_tables), ("plots", cmd_plots)):
         s = add(name, fn, f"write the result {name}", "required")
