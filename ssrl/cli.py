@@ -145,8 +145,9 @@ def cmd_baseline(a: argparse.Namespace) -> None:
     """Embeddings of the classical floor (MFCC statistics) of a store; scored like any system."""
     from ssrl.data.stores import open_waves
     from ssrl.evaluation.baseline import statistics_embeddings
-    from ssrl.evaluation.scoring import save_embeddings
+    from ssrl.evaluation.scoring import embeddings_format, save_embeddings
 
+    embeddings_format(a.out)  # a wrong output name fails now, not after the work
     store = open_waves(Path(a.store))
     with _tracker(_job(a.job), Path(a.run_dir or Path(a.out).parent)):
         save_embeddings(a.out, list(store.utt_ids), statistics_embeddings(store))
@@ -158,10 +159,11 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
     from ssrl.data.stores import FeatStore, open_waves
     from ssrl.evaluation.embed import embed_feats, embed_waves
-    from ssrl.evaluation.scoring import save_embeddings
+    from ssrl.evaluation.scoring import embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
     from ssrl.training.runtime import init_runtime
 
+    embeddings_format(a.out)  # a wrong output name fails now, not after the work
     device, d = init_runtime({"device": a.device, "threads": a.threads})
     model = load_encoder(a.model, device)
     with torch.no_grad():
@@ -237,7 +239,7 @@ def cmd_score(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from ssrl.models.export import export_encoder
 
-    export_encoder(Path(a.model), Path(a.out_dir))
+    export_encoder(Path(a.model), Path(a.out_dir), with_frontend=a.with_frontend)
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
@@ -317,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="wave store, Kaldi folder or wav.scp")
     src.add_argument("--feats", help="precomputed feature store")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="embeddings.npz, or X.ark / X.scp (Kaldi: writes X.ark and X.scp)")
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--segment-seconds", type=float, default=180.0,
@@ -325,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("score", cmd_score, "cosine scoring and EER/minDCF (with intervals) of trial lists",
             "optional")
-    s.add_argument("--embeddings", required=True)
+    s.add_argument("--embeddings", required=True,
+                   help="embeddings.npz, or a Kaldi .scp / .ark of vectors (e.g. WeSpeaker's)")
     s.add_argument("--trials", nargs="+", help="[name=]trial_file ...")
     s.add_argument("--test-dir", help="a Kaldi folder: score all its trial lists")
     s.add_argument("--store", help="a wave store: score its trial lists")
@@ -344,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
     s.add_argument("--model", required=True)
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--with-frontend", action="store_true",
+                   help="include the front end: the files take 16 kHz waveforms [batch, samples] "
+                        "instead of features [batch, n_mels, frames]")
 
     for name, fn in (("tables", cmd_tables), ("plots", cmd_plots)):
         s = add(name, fn, f"write the result {name}", "required")

@@ -1,4 +1,4 @@
-"""Trial scoring: embeddings file IO, cosine scores, AS-norm, score files.
+"""Trial scoring: embeddings file IO (npz, Kaldi ark/scp), cosine scores, AS-norm, score files.
 
 Scores are computed for all trials at once with index arrays (no per-trial Python), in chunks
 so that memory stays bounded on VoxCeleb1-E/H sized lists.
@@ -9,40 +9,151 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ssrl.files import InputError, read_table, save_npz, write_json, write_text
+from ssrl.files import InputError, atomic_path, read_table, save_npz, write_json, write_text
 
 _CHUNK = 4096  # trials per block: 2 x 8 MiB at 512-d stays in cache (2x faster than 64k)
 
 
+#: Embeddings file formats, by suffix: the name always says what the file holds.
+EMBEDDING_FORMATS = {".npz": "npz", ".ark": "kaldi", ".scp": "kaldi"}
+_ZIP_MAGIC = b"PK\x03\x04"  # every .npz is a zip archive
+
+
+def embeddings_format(path: str | os.PathLike) -> str:
+    """The format ("npz" or "kaldi") a file name says. InputError for any other name: `embed`
+    checks its `--out` before minutes of work, so `--out emb.txt` fails at once."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in EMBEDDING_FORMATS:
+        raise InputError(f"{path}: unknown embeddings format (name it .npz, or .ark / .scp for "
+                         "Kaldi: both are written side by side)")
+    return EMBEDDING_FORMATS[suffix]
+
+
+def kaldi_pair(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The (`X.ark`, `X.scp`) pair of a Kaldi embeddings name `X.ark` or `X.scp`."""
+    path = Path(path)
+    return path.with_suffix(".ark"), path.with_suffix(".scp")
+
+
 def save_embeddings(path: str | os.PathLike, utt_ids: Sequence[str], emb: np.ndarray) -> None:
-    """Write `embeddings.npz` (utt_ids as str, emb as float32 [N, D]) atomically."""
+    """Write embeddings atomically in the format the name says (`embeddings_format`).
+
+    `.npz`: arrays `utt_ids` (str) and `emb` (float32 [N, D]). `.ark` or `.scp`: both `X.ark`
+    (one float32 Kaldi vector per utterance) and `X.scp`, as Kaldi's `ark,scp:X.ark,X.scp` and
+    WeSpeaker write them; the scp names the ark as given here (relative paths are read relative
+    to the working directory, as in Kaldi).
+    """
+    fmt = embeddings_format(path)
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
         raise ValueError(f"{len(utt_ids)} utterance ids but embeddings of shape {emb.shape}")
-    save_npz(path, utt_ids=np.asarray(list(utt_ids), dtype=str), emb=emb)
+    if fmt == "npz":
+        save_npz(path, utt_ids=np.asarray(list(utt_ids), dtype=str), emb=emb)
+    else:
+        _save_kaldi(path, list(utt_ids), emb)
+
+
+class _NamedFile:
+    """A file being written under a temporary name that reports its final name to kaldiio,
+    which puts `file.name` into the scp lines."""
+
+    def __init__(self, file: BinaryIO, name: str) -> None:
+        self._file, self.name = file, name
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+def _save_kaldi(path: str | os.PathLike, utt_ids: list[str], emb: np.ndarray) -> None:
+    """`X.ark` + `X.scp` through kaldiio, atomically: the ark is in place before the scp that
+    points into it."""
+    import kaldiio
+
+    bad = next((u for u in utt_ids if not u or u.split() != [u]), None)
+    if bad is not None:
+        raise ValueError(f"utterance id {bad!r} cannot be a Kaldi key (empty or holds a space)")
+    ark, scp = kaldi_pair(path)
+    with atomic_path(scp) as tmp_scp, atomic_path(ark) as tmp_ark, \
+            open(tmp_ark, "wb") as ark_file, open(tmp_scp, "w", encoding="utf-8") as scp_file:
+        kaldiio.save_ark(_NamedFile(ark_file, os.fspath(ark)), dict(zip(utt_ids, emb)),
+                         scp=scp_file)
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Read an embeddings file written by `save_embeddings`; InputError names a bad file."""
+    """(utt_ids, emb float32 [N, D]) of an embeddings file: `.npz` as `save_embeddings` writes
+    it, or a Kaldi `.scp` / `.ark` of vectors (ours, Kaldi's or WeSpeaker's). InputError names
+    a missing file, and a file whose content is not what its name says."""
     path = Path(path)
+    fmt = embeddings_format(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    utt_ids, emb = _load_npz(path) if fmt == "npz" else _load_kaldi(path)
+    if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
+        raise InputError(f"{path}: {len(utt_ids)} utterance ids but emb of shape {emb.shape}")
+    return utt_ids, emb
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == _ZIP_MAGIC
+
+
+def _load_npz(path: Path) -> tuple[list[str], np.ndarray]:
+    if not _is_zip(path):
+        raise InputError(f"{path}: not an .npz file (no zip archive); Kaldi embeddings must be "
+                         "named .ark or .scp")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [key for key in ("utt_ids", "emb") if key not in data.files]
             if missing:
                 raise InputError(f"{path}: not an embeddings file (missing {', '.join(missing)})")
-            utt_ids = data["utt_ids"].astype(str).tolist()
-            emb = data["emb"].astype(np.float32, copy=False)
+            return data["utt_ids"].astype(str).tolist(), data["emb"].astype(np.float32,
+                                                                            copy=False)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read embeddings ({err})") from None
-    if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
-        raise InputError(f"{path}: {len(utt_ids)} utterance ids but emb of shape {emb.shape}")
+
+
+def _load_kaldi(path: Path) -> tuple[list[str], np.ndarray]:
+    """Vectors of a Kaldi scp (through the arks it points into) or ark, in file order."""
+    import kaldiio
+
+    kind = path.suffix.lower()[1:]
+    if _is_zip(path):
+        raise InputError(f"{path}: a zip (.npz) file, not a Kaldi {kind}; name it .npz")
+    reader = kaldiio.load_scp_sequential(str(path)) if kind == "scp" else \
+        kaldiio.load_ark(str(path))
+    utt_ids: list[str] = []
+    rows: list[np.ndarray] = []
+    seen: set[str] = set()
+    try:
+        for key, vec in reader:
+            if key in seen:
+                raise InputError(f"{path}: utterance {key!r} occurs more than once")
+            vec = np.asarray(vec)
+            if vec.ndim != 1 or (rows and vec.shape != rows[0].shape):
+                raise InputError(f"{path}: entry {key!r} is not a vector like the first one "
+                                 f"(shape {vec.shape}; expected one embedding per utterance)")
+            seen.add(key)
+            utt_ids.append(key)
+            rows.append(vec.astype(np.float32, copy=False))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: ark file {err.filename} not found (an scp names its arks "
+                         "relative to the working directory, as in Kaldi)") from None
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - kaldiio's parse errors have many types
+        raise InputError(f"{path}: not a Kaldi {kind} of embeddings "
+                         f"({type(err).__name__}: {err})".replace("\n", " ")) from None
+    emb = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     return utt_ids, emb
 
 
