@@ -159,7 +159,7 @@ def test_recording_starts_queue_len_over_two_plus_one_epochs_before_the_first_up
     assert record_from_epoch({**c, "record_from_epoch": 0}) == 0  # an explicit earlier start
 
 
-# --- (d) Sinkhorn's input --------------------------------------------------------------------------
+# --- (d) Sinkhorn's input ---------------------------------------------------------------------
 def test_sinkhorn_balances_probabilities_as_the_authors_do():
     """The authors balance exp(softmax(logits) / 0.05), not exp(logits / 0.05): two different
     assignments of the same batch, both more balanced than the plain argmax."""
@@ -178,7 +178,7 @@ def test_sinkhorn_balances_probabilities_as_the_authors_do():
         assert np.bincount(balanced, minlength=4).max() < np.bincount(plain, minlength=4).max()
 
 
-# --- the EMA teacher's lag ---------------------------------------------------------------------------
+# --- the EMA teacher's lag --------------------------------------------------------------------
 def test_teacher_lag_is_a_time_constant_in_epochs():
     """The paper's 0.999 -> 0.9999 at VoxCeleb2's 2,275 steps per epoch is a lag of 0.44 ->
     4.4 epochs; stated as a lag, the same dynamics hold when data size or batch changes."""
