@@ -66,9 +66,10 @@ def cmd_job_config(a: argparse.Namespace) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from ssrl.data.prepare import prepare_data
+    from ssrl.data.prepare import prepare_set
 
-    prepare_data(_job(a.job)["data"], Path(a.out))
+    report = prepare_set(_job(a.job)["data"], a.set, Path(a.out))
+    log.info("prepared %s: %s", a.set, json.dumps(report)[:500])
 
 
 def cmd_wave_store(a: argparse.Namespace) -> None:
@@ -271,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("job-config", cmd_job_config, "write a job config (JSON on stdin) to a file")
     s.add_argument("--out", required=True)
-    s = add("prepare", cmd_prepare, "write Kaldi-style train/dev/test/noise/rir folders",
-            "required")
+    s = add("prepare", cmd_prepare, "write one Kaldi-style data folder (train, dev, test, noise "
+            "or rir) from the configured source", "required")
+    s.add_argument("--set", required=True, choices=["train", "dev", "test", "noise", "rir"])
     s.add_argument("--out", required=True)
     s = add("wave-store", cmd_wave_store, "build a wave store from a Kaldi-style folder",
             "optional")

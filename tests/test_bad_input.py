@@ -294,13 +294,14 @@ def test_features_and_prepare_refuse_a_users_folder(capsys, data, thesis, tmp_pa
                                                      "test_utts_per_speaker": 2}}):
         job = tmp_path / "prepare.json"
         job.write_text(json.dumps({"data": source}))
-        line = _refused(capsys, ["prepare", "--job", str(job), "--out", str(thesis)], thesis)
+        line = _refused(capsys, ["prepare", "--job", str(job), "--set", "train", "--out",
+                                 str(thesis)], thesis)
         assert line.startswith(f"ssrl prepare: error: {thesis}: folder exists and was not")
         assert sorted(p.name for p in thesis.iterdir()) == ["thesis.tex"]
     job.write_text(json.dumps({"data": {"source": "kaldi", "kaldi": {
         "train": str(data), "test": str(data)}}}))
-    line = _refused(capsys, ["prepare", "--job", str(job), "--out", str(data / "prepared")],
-                    data)
+    line = _refused(capsys, ["prepare", "--job", str(job), "--set", "test", "--out",
+                             str(data / "prepared")], data)
     assert "the output would overlap the input" in line
     assert sorted(p.name for p in data.iterdir()) == ["a.wav", "b.wav", "trials", "wav.scp"]
 
@@ -341,8 +342,9 @@ def test_errors_inside_the_workflow_name_the_users_file(capsys, tmp_path, make_w
     job = tmp_path / "prepare.json"
     job.write_text(json.dumps({"data": {"source": "kaldi", "kaldi": {
         "train": str(mine), "test": str(mine)}}}))
-    assert cli(capsys, "prepare", "--job", str(job), "--out", str(tmp_path / "prepared"))[0] == 0
-    line = store_error(capsys, tmp_path / "prepared" / "train", tmp_path / "store")
+    assert cli(capsys, "prepare", "--job", str(job), "--set", "train", "--out",
+               str(tmp_path / "prepared"))[0] == 0
+    line = store_error(capsys, tmp_path / "prepared", tmp_path / "store")
     assert line.startswith(f"ssrl wave-store: error: {mine}/wav.scp:6: {mine}/c.wav: "
                            "cannot decode audio (")
 

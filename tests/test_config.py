@@ -147,7 +147,7 @@ def test_config_values_are_not_evaluated(workflow_copy, tmp_path, capsys):
     job.write_text(json.dumps({"data": cfg["data"]}))
     saved = signal.getsignal(signal.SIGTERM)
     try:
-        rc = main(["prepare", "--job", str(job), "--out", str(tmp_path / "d")])
+        rc = main(["prepare", "--job", str(job), "--set", "train", "--out", str(tmp_path / "d")])
     finally:
         signal.signal(signal.SIGTERM, saved)
     assert rc == 2
@@ -182,14 +182,15 @@ def test_injection_attempts_create_nothing(tmp_path):
              "tracking": {"uri": f"sqlite:///{tmp_path}/t{quoted}.db"},
              "runtime": {"partition": f"gpu;touch {pwned}"}}
     (wf / "extra.yaml").write_text(yaml.safe_dump(extra))
-    cmd = [str(Path(sys.executable).parent / "snakemake"), f"rd{attack}/smoke/data", "--cores",
-           "1", "--configfile", "config/smoke.yaml", "extra.yaml"]
+    cmd = [str(Path(sys.executable).parent / "snakemake"), f"rd{attack}/smoke/data/train",
+           "--cores", "1", "--configfile", "config/smoke.yaml", "extra.yaml"]
     proc = subprocess.run(cmd, cwd=wf, env=ssrl_env(), capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 1  # the train folder does not exist
-    assert "data folder not found" in (wf / "logs" / "smoke" / "prepare_data.log").read_text()
+    log = wf / "logs" / "smoke" / "prepare_data_train.log"
+    assert "data folder not found" in log.read_text()
     assert not pwned.exists()
-    assert (wf / f"rd{attack}" / "smoke" / "jobs" / "prepare.json").is_file()  # a literal name
+    assert (wf / f"rd{attack}" / "smoke" / "jobs" / "prepare" / "train.json").is_file()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -44,7 +44,7 @@ def test_same_seed_same_bytes_other_seed_differs(corpus: Path, tmp_path: Path) -
 
 def test_layout_and_summary(corpus: Path) -> None:
     assert sorted(p.name for p in corpus.iterdir()) == [
-        ".ssrl-output", "dev", "noise", "rir", "speakers.json", "summary.json", "test", "train"]
+        ".ssrl-output", "dev", "noise", "rir", "summary.json", "test", "train"]
     assert (corpus / "dev" / "wav.scp").read_text() == ""  # no dev speakers in this spec
     summary = read_json(corpus / "summary.json")
     assert summary["seed"] == 7
@@ -143,7 +143,8 @@ def test_voice_traits_persist() -> None:
 
 
 def test_speaker_draws_are_stored_and_reused(corpus: Path) -> None:
-    traits = read_json(corpus / "speakers.json")
+    traits = read_json(corpus / "train" / "speakers.json") | read_json(
+        corpus / "test" / "speakers.json")
     assert sorted(traits) == sorted(set(read_map(corpus / "train" / "utt2spk").values())
                                     | set(read_map(corpus / "test" / "utt2spk").values()))
     again = synth.draw_voice(synth._rng(7, synth._PART["test"], 2, 0))
@@ -174,3 +175,33 @@ def test_make_trials_counts_sparse_and_dense() -> None:
     assert rows == sorted(rows) and len(set(rows)) == len(rows)
     dense = synth.make_trials(utt2spk, utt2sess, 100, np.random.default_rng(0))
     assert sum(r[2] == "nontarget" for r in dense) == 60 * 59 // 2 - 6 * 45  # every pair
+
+
+def test_each_part_alone_equals_the_whole_corpus(corpus: Path, tmp_path: Path) -> None:
+    """The workflow prepares each part as its own job from only the keys it reads: the same
+    bytes as the corpus written in one go, and other parts' keys do not matter."""
+    full = read_json(corpus / "summary.json")["spec"]
+    for part, keys in synth.PART_KEYS.items():
+        mine = {k: full[k] for k in keys}
+        out = tmp_path / part
+        synth.generate_part(out, part, mine)
+        ours = _digest(out)
+        want = {k: v for k, v in _digest(corpus / part).items()}
+        assert ours.keys() - {"summary.json", ".ssrl-output"} == want.keys() and all(
+            ours[k] == want[k] for k in want), part
+    other = {k: full[k] for k in synth.PART_KEYS["train"]}
+    synth.generate_part(tmp_path / "again", "train", other | {})
+    assert _digest(tmp_path / "again") == _digest(tmp_path / "train")
+
+
+def test_sessions_vary_the_voice_and_domains_shift_the_language() -> None:
+    rng = np.random.default_rng(0)
+    v = synth.draw_voice(rng)
+    heard = [synth.session_voice(v, np.random.default_rng(i), 1.0) for i in range(20)]
+    shifts = [12 * np.log2(h.f0_median / v.f0_median) for h in heard]
+    assert 0.5 < float(np.std(shifts)) < 2.0  # about one semitone between sessions
+    assert synth.session_voice(v, rng, 0.0) is v
+    d0, d1 = synth.draw_domain(7, 0), synth.draw_domain(7, 1)
+    assert np.all(d0.formants == 1.0) and not np.allclose(d1.formants, 1.0)
+    assert [a.rt60 for a in d0.archetypes] != [a.rt60 for a in d1.archetypes]
+    assert np.allclose(synth.draw_domain(7, 1).formants, d1.formants)

@@ -26,7 +26,7 @@ from ssrl.data.kaldi import (
     read_trials,
     trial_rows,
 )
-from ssrl.files import InputError, atomic_dir, check_apart, write_json, write_table
+from ssrl.files import InputError, atomic_dir, check_apart, write_table
 
 SETS = ("train", "dev", "test", "noise", "rir")
 DEV_NONTARGETS_PER_TARGET = 4
@@ -48,8 +48,11 @@ def _require_dir(root: Path) -> None:
         raise InputError(f"{root}: directory not found")
 
 
-def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """Index a VoxCeleb1 (wav) or VoxCeleb2 (m4a) tree into a data folder.
+def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
+                     trials: dict[str, str | os.PathLike] | None = None,
+                     draw_trials: bool = False) -> dict:
+    """Index a VoxCeleb1 (wav) or VoxCeleb2 (m4a) tree into a data folder, with its trial
+    lists (`trials`: name -> file) or, for a dev set without one, a drawn list.
 
     Any `id*/<video>/<n>.{wav,flac,m4a}` below `root` counts. The utterance id is the path from
     the speaker folder with the extension replaced by `.wav` (`id10001/1zcIwhmdeo4/00001.wav`),
@@ -80,11 +83,16 @@ def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike) -> dict:
         raise InputError(f"no VoxCeleb audio found under {root}: "
                          "expected id*/<video>/*.wav|m4a|flac")
     utts = sorted(found)
+    report: dict = {}
     with atomic_dir(out) as tmp:
         write_table(tmp / "wav.scp", ((u, _abs(found[u])) for u in utts))
         write_table(tmp / "utt2spk", ((u, u.split("/")[0]) for u in utts))
         write_table(tmp / "utt2sess", ((u, "/".join(u.split("/")[:2])) for u in utts))
-    return {
+        if trials:
+            report["trials"] = prepare_trials(trials, tmp)
+        elif draw_trials:
+            report["trials"] = add_dev_trials(tmp, seed=0)
+    return report | {
         "root": _abs(root),
         "n_utts": len(utts),
         "n_speakers": len({u.split("/")[0] for u in utts}),
@@ -171,7 +179,8 @@ def empty_dir(out: str | os.PathLike) -> None:
         write_table(tmp / "wav.scp", [])
 
 
-def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike) -> dict:
+def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike,
+                  draw_trials: bool = False) -> dict:
     """Validate a user's own data folder and copy it to `out` with absolute audio paths.
 
     Trial lists are rewritten in the `enroll test target|nontarget` format under their names
@@ -192,10 +201,13 @@ def prepare_kaldi(src: str | os.PathLike, out: str | os.PathLike) -> dict:
         for name, trials in trial_files.items():
             file = "trials" if name == "trials" else f"trials_{name}"
             write_table(tmp / file, trial_rows(trials))
+        drawn = add_dev_trials(tmp, seed=0) if draw_trials and not trial_files else None
     report: dict = {"source": _abs(Path(src)), "n_utts": len(data.wavs),
                     "trials": {name: len(t) for name, t in trial_files.items()}}
     if data.utt2spk is not None:
         report["n_speakers"] = len(set(data.utt2spk.values()))
+    if drawn:
+        report["drawn_trials"] = drawn
     return report
 
 
@@ -215,51 +227,46 @@ def add_dev_trials(folder: Path, seed: int) -> dict:
     return {"trials": "drawn", "n_trials": len(rows)}
 
 
-def prepare_data(data: dict, out: str | os.PathLike) -> dict:
-    """The `prepare` step: train/ dev/ test/ noise/ rir/ under `out` from the config's `data`.
-
-    Sets the configuration leaves out (no dev set, no MUSAN) become empty folders.
-    """
-    out = Path(out)
-    if data["source"] == "builtin":
-        from ssrl.data.synth import CorpusSpec, generate_corpus
-
-        return generate_corpus(out, CorpusSpec.from_dict(data["builtin"]))
+def set_source(data: dict, name: str) -> str | None:
+    """Where set `name` comes from in the config's `data` section (None: left out)."""
     if data["source"] == "kaldi":
-        sources = {name: data["kaldi"].get(name) for name in SETS}
-        for name in ("train", "test"):
-            if not sources[name]:
-                raise InputError(f"config data.kaldi.{name}: required for source kaldi")
-    else:
-        v = data["voxceleb"]
-        for key in ("train_root", "test_root"):
-            if not v.get(key):
-                raise InputError(f"config data.voxceleb.{key}: required for source voxceleb")
-        sources = {"train": v["train_root"], "dev": v.get("dev_root"), "test": v["test_root"],
-                   "noise": v.get("musan_root"), "rir": v.get("rirs_root")}
-    check_apart(out, *(s for s in sources.values() if s))
-    report: dict = {"source": data["source"]}
-    with atomic_dir(out) as tmp:
-        for name in SETS:
-            src = sources[name]
-            if not src:
-                empty_dir(tmp / name)
-                continue
-            if data["source"] == "kaldi":
-                report[name] = prepare_kaldi(Path(src), tmp / name)
-            elif name == "noise":
-                report[name] = prepare_musan(Path(src), tmp / name)
-            elif name == "rir":
-                report[name] = prepare_rirs(Path(src), tmp / name)
-            else:
-                report[name] = prepare_voxceleb(Path(src), tmp / name)
-        if data["source"] == "voxceleb":
-            report["trials"] = prepare_trials(
-                {n: Path(p) for n, p in data["voxceleb"]["trials"].items()}, tmp / "test")
-            if sources["dev"] and data["voxceleb"].get("dev_trials"):
-                report["dev_trials"] = prepare_trials({"trials": data["voxceleb"]["dev_trials"]},
-                                                      tmp / "dev")
-        if sources["dev"]:
-            report["dev"] |= add_dev_trials(tmp / "dev", seed=0)
-        write_json(tmp / "report.json", report)
-    return report
+        return data["kaldi"].get(name)
+    v = data["voxceleb"]
+    return {"train": v.get("train_root"), "dev": v.get("dev_root"), "test": v.get("test_root"),
+            "noise": v.get("musan_root"), "rir": v.get("rirs_root")}[name]
+
+
+def prepare_set(data: dict, name: str, out: str | os.PathLike) -> dict:
+    """The `prepare` step of one set (train, dev, test, noise or rir) from the config's `data`
+    section (the keys this set reads): a Kaldi-style folder at `out`; a set the configuration
+    leaves out (no dev set, no MUSAN) becomes an empty folder. The train and test sets are
+    required."""
+    out = Path(out)
+    if name not in SETS:
+        raise InputError(f"unknown data set {name!r}; expected one of {', '.join(SETS)}")
+    if data["source"] == "builtin":
+        from ssrl.data.synth import generate_part
+
+        return generate_part(out, name, data["builtin"])
+    src = set_source(data, name)
+    if not src:
+        if name in ("train", "test"):
+            key = f"data.kaldi.{name}" if data["source"] == "kaldi" else \
+                f"data.voxceleb.{name}_root"
+            raise InputError(f"config {key}: required for source {data['source']}")
+        empty_dir(out)
+        return {}
+    check_apart(out, src)
+    if data["source"] == "kaldi":
+        return prepare_kaldi(Path(src), out, draw_trials=name == "dev")
+    if name == "noise":
+        return prepare_musan(Path(src), out)
+    if name == "rir":
+        return prepare_rirs(Path(src), out)
+    v = data["voxceleb"]
+    if name == "test":
+        return prepare_voxceleb(Path(src), out, trials=v["trials"])
+    if name == "dev":
+        given = {"trials": v["dev_trials"]} if v.get("dev_trials") else None
+        return prepare_voxceleb(Path(src), out, trials=given, draw_trials=given is None)
+    return prepare_voxceleb(Path(src), out)

@@ -69,6 +69,23 @@ VOICE_COLOUR_DB = 12.0
 # Corpus specification
 # --------------------------------------------------------------------------------------------
 
+#: The spec keys each part of the corpus reads. The workflow prepares each part as its own job
+#: whose config holds only these keys: changing the test set's size regenerates the test set,
+#: not the training set (and so does not retrain anything).
+PART_KEYS: dict[str, tuple[str, ...]] = {
+    "train": ("seed", "train_speakers", "train_utts_per_speaker", "sessions_per_speaker",
+              "min_dur", "max_dur", "session_voice_var", "voice_colour_db"),
+    "dev": ("seed", "dev_speakers", "dev_utts_per_speaker", "dev_domain", "sessions_per_speaker",
+            "min_dur", "max_dur", "session_voice_var", "voice_colour_db",
+            "nontargets_per_target"),
+    "test": ("seed", "test_speakers", "test_utts_per_speaker", "test_domain",
+             "sessions_per_speaker", "min_dur", "max_dur", "session_voice_var",
+             "voice_colour_db", "nontargets_per_target"),
+    "noise": ("seed", "noise_files", "min_dur", "max_dur"),
+    "rir": ("seed", "rir_files"),
+}
+
+
 @dataclass(frozen=True)
 class CorpusSpec:
     """Size and seed of the built-in corpus. Defaults give ~1,000 utterances (~1 h of audio)."""
@@ -116,24 +133,33 @@ class CorpusSpec:
         if self.sessions_per_speaker < 2:
             raise InputError("corpus spec: sessions_per_speaker must be at least 2 "
                              "(target trials are cross-session)")
-        least = min(self.train_utts_per_speaker, self.test_utts_per_speaker,
-                    self.dev_utts_per_speaker if self.dev_speakers else self.test_utts_per_speaker)
-        if self.sessions_per_speaker > least:
-            raise InputError(f"corpus spec: sessions_per_speaker ({self.sessions_per_speaker}) "
-                             f"exceeds utterances per speaker ({least})")
         if not 0.5 <= self.min_dur <= self.max_dur:
             raise InputError(f"corpus spec: need 0.5 <= min_dur <= max_dur, got "
                              f"min_dur={self.min_dur}, max_dur={self.max_dur}")
 
+    def check_parts(self, parts: tuple[str, ...] = ("train", "dev", "test")) -> CorpusSpec:
+        """Relations between keys of the speaker parts: every speaker needs at least one
+        utterance per session (checked for the parts named; returns the spec)."""
+        for part in parts:
+            if part not in ("train", "dev", "test") or (part == "dev" and not self.dev_speakers):
+                continue
+            utts = getattr(self, f"{part}_utts_per_speaker")
+            if self.sessions_per_speaker > utts:
+                raise InputError(f"corpus spec: sessions_per_speaker ({self.sessions_per_speaker})"
+                                 f" exceeds {part}_utts_per_speaker ({utts})")
+        return self
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CorpusSpec:
-        """Build a spec from a config mapping; unknown keys are an error, not silently ignored."""
+    def from_dict(cls, d: dict[str, Any], parts: tuple[str, ...] = ("train", "dev", "test")
+                  ) -> CorpusSpec:
+        """Build a spec from a config mapping; unknown keys are an error, not silently ignored.
+        Keys not given take their defaults; the relations are checked for `parts`."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"corpus spec: unknown key(s) {', '.join(unknown)}; "
                              f"valid keys are {', '.join(sorted(known))}")
-        return cls(**d)
+        return cls(**d).check_parts(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,47 +751,61 @@ def _write_rir_set(root: Path, spec: CorpusSpec) -> dict[str, Any]:
     return {"files": len(rows)}
 
 
+def _write_part(folder: Path, part: str, spec: CorpusSpec) -> dict[str, Any]:
+    """One part of the corpus into `folder` (which exists): a speaker split with its
+    speakers.json (and trials for dev/test), or the noise or RIR set. Returns its summary."""
+    if part in ("noise", "rir"):
+        return (_write_noise_set if part == "noise" else _write_rir_set)(folder, spec)
+    n_spk = getattr(spec, f"{part}_speakers")
+    if n_spk == 0:  # no dev set: an empty folder
+        write_table(folder / "wav.scp", [])
+        return {"speakers": 0, "utterances": 0}
+    domain = draw_domain(spec.seed, {"train": 0, "dev": spec.dev_domain,
+                                     "test": spec.test_domain}[part])
+    prefix = {"train": "tr", "dev": "dv", "test": "te"}[part]
+    utt2spk, utt2sess, traits, seconds = _write_speaker_split(
+        folder, part, prefix, n_spk, getattr(spec, f"{part}_utts_per_speaker"), spec, domain)
+    write_json(folder / "speakers.json", traits)
+    summary = {"speakers": n_spk, "domain": domain.index, "utterances": len(utt2spk),
+               "sessions": len(set(utt2sess.values())), "seconds": round(seconds, 3)}
+    if part in ("dev", "test"):
+        trials = make_trials(utt2spk, utt2sess, spec.nontargets_per_target,
+                             _rng(spec.seed, _PART[part], 99))
+        write_table(folder / "trials", trials)
+        n_target = sum(r[2] == "target" for r in trials)
+        summary |= {"trials": len(trials), "target": n_target,
+                    "nontarget": len(trials) - n_target}
+    return summary
+
+
+def generate_part(out_dir: Path, part: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """The workflow's `prepare` of one built-in part (train, dev, test, noise or rir) from the
+    spec keys it reads (`PART_KEYS[part]`; the others keep their defaults), written whole and
+    renamed into place. Returns the part's summary (also in its summary.json)."""
+    spec = CorpusSpec.from_dict(keys, parts=(part,))
+    with atomic_dir(out_dir) as tmp:
+        summary = {"generator_version": GENERATOR_VERSION, "sample_rate": SAMPLE_RATE,
+                   "part": part, "spec": {k: getattr(spec, k) for k in PART_KEYS[part]},
+                   part: _write_part(tmp, part, spec)}
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
 def generate_corpus(out_dir: Path, spec: CorpusSpec) -> dict[str, Any]:
-    """Write the corpus (train/, dev/, test/, noise/, rir/, summary.json, speakers.json).
+    """Write the whole corpus (train/, dev/, test/, noise/, rir/, summary.json) in one folder,
+    built next to `out_dir` and renamed into place (tests and benchmarks use this; the workflow
+    prepares each part on its own with `generate_part`, with the same content).
 
     dev/ has its own speakers (none of train or test) and a trial list; with `dev_speakers` 0
-    it is an empty folder.
-
-    The whole folder is built next to `out_dir` and renamed into place at the end, so a failed
-    or killed run leaves no partial corpus (an existing `out_dir` is replaced). Returns the
-    summary that is also written to `summary.json`.
-    """
+    it is an empty folder."""
     out_dir = Path(out_dir)
-    domains = {"train": draw_domain(spec.seed, 0), "dev": draw_domain(spec.seed, spec.dev_domain),
-               "test": draw_domain(spec.seed, spec.test_domain)}
+    spec.check_parts()
     with atomic_dir(out_dir) as tmp:
         summary: dict[str, Any] = {"generator_version": GENERATOR_VERSION,
                                    "sample_rate": SAMPLE_RATE, "seed": spec.seed,
                                    "spec": dataclasses.asdict(spec)}
-        speakers: dict[str, Any] = {}
-        write_table(tmp / "dev" / "wav.scp", [])  # replaced below when there is a dev set
-        for split, prefix, n_spk, n_utts in (
-                ("train", "tr", spec.train_speakers, spec.train_utts_per_speaker),
-                ("dev", "dv", spec.dev_speakers, spec.dev_utts_per_speaker),
-                ("test", "te", spec.test_speakers, spec.test_utts_per_speaker)):
-            if n_spk == 0:
-                continue
-            utt2spk, utt2sess, traits, seconds = _write_speaker_split(
-                tmp / split, split, prefix, n_spk, n_utts, spec, domains[split])
-            speakers.update(traits)
-            summary[split] = {"speakers": n_spk, "domain": domains[split].index,
-                              "utterances": len(utt2spk),
-                              "sessions": len(set(utt2sess.values())),
-                              "seconds": round(seconds, 3)}
-            if split in ("dev", "test"):
-                trials = make_trials(utt2spk, utt2sess, spec.nontargets_per_target,
-                                     _rng(spec.seed, _PART[split], 99))
-                write_table(tmp / split / "trials", trials)
-                n_target = sum(r[2] == "target" for r in trials)
-                summary[split] |= {"trials": len(trials), "target": n_target,
-                                   "nontarget": len(trials) - n_target}
-        summary["noise"] = _write_noise_set(tmp / "noise", spec)
-        summary["rir"] = _write_rir_set(tmp / "rir", spec)
-        write_json(tmp / "speakers.json", speakers)
+        for part in PART_KEYS:
+            (tmp / part).mkdir()
+            summary[part] = _write_part(tmp / part, part, spec)
         write_json(tmp / "summary.json", summary)
     return summary

@@ -24,6 +24,7 @@ from ssrl.config import (  # noqa: E402
     count_utterances,
     variant_config,
 )
+from ssrl.data.synth import PART_KEYS  # noqa: E402
 from ssrl.files import InputError  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -213,8 +214,20 @@ def training_jobs(s):
     return jobs
 
 
+# What each set's preparation reads: changing the test set regenerates the test set only.
+VOXCELEB_KEYS = {"train": ("train_root",), "dev": ("dev_root", "dev_trials"),
+                 "test": ("test_root", "trials"), "noise": ("musan_root",),
+                 "rir": ("rirs_root",)}
+
+
+def prepare_job(name):
+    keys = {"builtin": PART_KEYS[name], "kaldi": (name,), "voxceleb": VOXCELEB_KEYS[name]}
+    section = DATA[SOURCE]
+    return {"data": {"source": SOURCE, SOURCE: {k: section[k] for k in keys[SOURCE]}}}
+
+
 JOBS = {
-    "prepare": {"data": DATA},
+    **{f"prepare/{name}": prepare_job(name) for name in ("train", "dev", "test", "noise", "rir")},
     **{f"store/{name}": {"data": {"on_bad": DATA["on_bad"],
                                   "min_seconds": 0.0 if name == "rir" else DATA["min_seconds"]}}
        for name in ("train", "dev", "test", "noise", "rir")},

@@ -1,25 +1,29 @@
-# Data: Kaldi-style folders from the configured source, then wave stores (+ features of the
-# evaluation sets), and the classical floor's embeddings of the test set.
+# Data: one Kaldi-style folder per set (train, dev, test, noise, rir) from the configured source,
+# each its own job (the test set is synthesised while DINO trains), then wave stores (+ features
+# of the evaluation sets), and the classical floor's embeddings of the test set.
 
 
 rule prepare_data:
     conda:
         "../../envs/conda.yaml"
     input:
-        cfg=job_file("prepare"),
+        cfg=lambda w: job_file(f"prepare/{w.set}"),
     output:
-        directory(f"{R}/data"),
+        directory(f"{R}/data/{{set}}"),
+    wildcard_constraints:
+        set="train|dev|test|noise|rir",
     log:
-        f"{LOGS}/prepare_data.log",
+        f"{LOGS}/prepare_data_{{set}}.log",
     shell:
-        "python -m ssrl prepare --job {input.cfg:q} --out {output:q} 2>&1 | tee {log:q}"
+        "python -m ssrl prepare --job {input.cfg:q} --set {wildcards.set:q} --out {output:q}"
+        " 2>&1 | tee {log:q}"
 
 
 rule wave_store:
     conda:
         "../../envs/conda.yaml"
     input:
-        data=f"{R}/data",
+        data=f"{R}/data/{{set}}",
         cfg=lambda w: job_file(f"store/{w.set}"),
     output:
         directory(f"{R}/store/{{set}}"),
@@ -28,7 +32,7 @@ rule wave_store:
     log:
         f"{LOGS}/wave_store_{{set}}.log",
     shell:
-        "python -m ssrl wave-store --job {input.cfg:q} --data {input.data:q}/{wildcards.set:q}"
+        "python -m ssrl wave-store --job {input.cfg:q} --data {input.data:q}"
         " --out {output:q} 2>&1 | tee {log:q}"
 
 
