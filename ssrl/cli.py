@@ -162,6 +162,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from ssrl.evaluation.embed import embed_feats, embed_waves
     from ssrl.evaluation.scoring import embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
+    from ssrl.tracking.console import progress_bars
     from ssrl.training.runtime import init_runtime
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
@@ -170,11 +171,11 @@ def cmd_embed(a: argparse.Namespace) -> None:
     with torch.no_grad():
         if a.feats:
             store = FeatStore(Path(a.feats))
-            emb = embed_feats(model.encoder, store, device, a.segment_seconds, True, d)
+            emb = embed_feats(model.encoder, store, device, a.segment_seconds, progress_bars(), d)
         else:
             store = open_waves(Path(a.data))
             emb = embed_waves(model.encoder, model.frontend, store, device, a.segment_seconds,
-                              True, d)
+                              progress_bars(), d)
     if d.main:
         save_embeddings(a.out, list(store.utt_ids), emb)
 
@@ -237,16 +238,55 @@ def cmd_score(a: argparse.Namespace) -> None:
         annotate_run(Path(a.run_dir), metrics)
 
 
+def cmd_mlflow_ui(a: argparse.Namespace) -> None:
+    """The MLflow UI on an experiment's SQLite store, wherever its results folder now is."""
+    import os
+
+    from ssrl.tracking.mlflow_run import relocate_artifacts
+
+    db = Path(a.results) / "mlflow.db"
+    moved = relocate_artifacts(db)
+    if moved:
+        log.info("%s: artifact locations updated to the folder's new place (%d)", db, moved)
+    mlflow = Path(sys.executable).parent / "mlflow"
+    os.execv(str(mlflow), [str(mlflow), "ui", "--backend-store-uri",
+                           f"sqlite:///{db.resolve()}", "--host", a.host, "--port", str(a.port)])
+
+
 def cmd_export(a: argparse.Namespace) -> None:
+    """Export, and (with --run-dir) log the exported files to the run that trained the model."""
     from ssrl.models.export import export_encoder
 
-    export_encoder(Path(a.model), Path(a.out_dir), with_frontend=a.with_frontend)
+    result = export_encoder(Path(a.model), Path(a.out_dir), with_frontend=a.with_frontend)
+    if a.run_dir:
+        from ssrl.tracking.mlflow_run import annotate_run
+
+        sub = "export_wave" if a.with_frontend else "export"
+        annotate_run(Path(a.run_dir), artifacts=[result["torchscript"], result["onnx"],
+                                                 Path(a.out_dir) / "export.json"],
+                     artifact_path=sub)
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
+    """The tables; then each sweep's parent MLflow run gets its summary (the table, every
+    child's test EER, the best child)."""
     from ssrl.report.tables import write_tables
+    from ssrl.tracking.mlflow_run import resolve_tracking_uri, summarize_sweep
 
-    write_tables(_job(a.job), Path(a.root), Path(a.out_dir))
+    cfg, out = _job(a.job), Path(a.out_dir)
+    summary = write_tables(cfg, Path(a.root), out, a.threads)
+    job = cfg.get("job")
+    if not job:
+        return
+    uri = resolve_tracking_uri(job.get("tracking_uri"), Path(job["results_dir"]))
+    for sweep, files in (("ablation", ["ablation.md", "ablation.csv", "ablation_paired.csv"]),
+                         ("iterative", ["main.md", "main.csv", "main_paired.csv"])):
+        eers = summary[sweep]
+        if eers:
+            best = min(eers, key=eers.get)
+            summarize_sweep(uri, job["experiment"], f"{sweep}-{job['experiment']}",
+                            {f"{name}/test/eer": v for name, v in eers.items()},
+                            {"best": best}, [out / f for f in files])
 
 
 def cmd_plots(a: argparse.Namespace) -> None:
@@ -347,7 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="a trained system's folder: log the metrics to its run")
     s.add_argument("--out", required=True)
 
+    s = add("mlflow-ui", cmd_mlflow_ui, "open the MLflow UI on a results folder (fixes artifact "
+            "locations if the folder was moved)")
+    s.add_argument("--results", default="results", help="the folder holding mlflow.db")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
+    s.add_argument("--run-dir", help="the model's training folder: log the export to its run")
     s.add_argument("--model", required=True)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--with-frontend", action="store_true",
@@ -358,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, fn, f"write the result {name}", "required")
         s.add_argument("--root", required=True, help="the experiment's results folder")
         s.add_argument("--out-dir", required=True)
+        s.add_argument("--threads", type=int, default=1)
     return p
 
 
@@ -367,10 +415,15 @@ def _terminate(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssrl.tracking.console import job_label, setup_logging
+
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        label = job_label(getattr(args, "job", None), _job(getattr(args, "job", None)), args.cmd)
+    except InputError:
+        label = args.cmd  # the command itself reports the unreadable job file
+    setup_logging(label, args.verbose)
     try:
         args.fn(args)
     except (InputError, OutputError) as err:

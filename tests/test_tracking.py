@@ -324,3 +324,27 @@ def test_server_down_mid_run_is_buffered_then_replayed(server, tmp_path, caplog)
     assert "incomplete" not in run.data.tags
     assert _history(client, tr.run_id, "loss") == [(0, 1.0), (1, 0.5), (2, 0.25)]
     assert _history(client, tr.run_id, "nmi") == [(1, 0.9)]
+
+
+def test_artifacts_survive_moving_the_results_folder(tmp_path):
+    """MLflow keeps artifact locations as absolute paths; after the results folder moved,
+    `relocate_artifacts` (run by `python -m ssrl mlflow-ui`) points them at the new place."""
+    import shutil
+
+    from ssrl.tracking.mlflow_run import relocate_artifacts
+
+    old = tmp_path / "results"
+    artifact = tmp_path / "table.md"
+    artifact.write_text("| a |\n")
+    with Tracker(f"sqlite:///{old / 'mlflow.db'}", "exp", "job", old / "job") as tr:
+        tr.log_artifact(artifact)
+    run_id = json.loads((old / "job" / STATE_FILE).read_text())["run_id"]
+    new = tmp_path / "archive" / "run 1"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    assert relocate_artifacts(new / "mlflow.db") == 2  # the experiment and its run
+    client = mlflow.MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    assert client.get_run(run_id).info.artifact_uri.startswith((new / "mlartifacts").as_uri())
+    got = client.download_artifacts(run_id, "table.md", str(tmp_path))
+    assert Path(got).read_text() == "| a |\n"
+    assert relocate_artifacts(new / "mlflow.db") == 0  # nothing moved since

@@ -145,3 +145,37 @@ def test_sweeps_have_parents(runs):
     rounds = [r for r in found if r.info.run_name.startswith("iterative-round")]
     assert len(rounds) == 2 and all(r.data.tags["mlflow.parentRunId"] == parents[
         "iterative-smoke"].info.run_id for r in rounds)
+
+
+def test_mlflow_experiment_opens_on_training_runs_and_parents_summarise(runs, smoke_run):
+    client, found = runs
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "ssrl experiment `smoke`" in exp.tags["mlflow.note.content"]
+    parents = {r.info.run_name: r for r in found if r.data.tags.get("sweep_parent") == "true"}
+    ablation = client.get_run(parents["ablation-smoke"].info.run_id)
+    assert set(ablation.data.metrics) == {"full/test/eer", "no_nlm/test/eer", "crash/test/eer"}
+    assert ablation.data.tags["best"] in ("full", "no_nlm", "crash")
+    files = {f.path for f in client.list_artifacts(ablation.info.run_id)}
+    assert {"ablation.md", "ablation.csv", "ablation_paired.csv"} <= files
+    rounds = client.get_run(parents["iterative-smoke"].info.run_id)
+    assert set(rounds.data.metrics) == {"round1/test/eer", "round2/test/eer"}
+    # every trained model is an artifact of its run; the export of the full SSRL model too
+    full = next(r for r in found if r.info.run_name == "ssrl-full-seed0")
+    assert [f.path for f in client.list_artifacts(full.info.run_id, "model")] == [
+        "model/model.pt"]
+    assert {f.path for f in client.list_artifacts(full.info.run_id, "export")} >= {
+        "export/encoder.onnx", "export/encoder.ts", "export/export.json"}
+    assert "trajectory.png" in {f.path for f in client.list_artifacts(full.info.run_id)}
+
+
+def test_log_lines_name_their_job_and_hide_faiss_noise(smoke_run):
+    logs = smoke_run.dir / "logs" / "smoke"
+    cluster = (logs / "seed0" / "cluster_dino_k6.log").read_text()
+    assert "swigfaiss" not in cluster and "ModuleNotFoundError" not in cluster
+    ssrl = (logs / "seed0" / "ssrl_noisy_label_modeling~False_scale~32.0.log").read_text()
+    lines = [ln for ln in ssrl.splitlines() if " INFO " in ln]
+    assert lines and all("[ssrl-no_nlm-seed0] INFO" in ln for ln in lines)
+    assert any("epoch 3/3" in ln and "ETA" in ln for ln in lines)
+    store = (logs / "wave_store_test.log").read_text()
+    assert "[store/test] INFO" in store and "\r" not in store  # no progress bar in a log file

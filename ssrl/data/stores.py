@@ -73,7 +73,10 @@ def _load_index(file: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
-    return tqdm(items, total=total, desc=desc, unit="utt", disable=not enabled, leave=False)
+    from ssrl.tracking.console import progress_bars
+
+    return tqdm(items, total=total, desc=desc, unit="utt", leave=False,
+                disable=not (enabled and progress_bars()))
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:

@@ -321,8 +321,10 @@ def _published_md() -> str:
             + markdown_table(["system", *(f"EER % ({n})" for n in PUBLISHED_LISTS)], rows))
 
 
-def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> None:
-    """main.{md,csv}, main_paired.csv, ablation.{md,csv}, ablation_paired.csv in `out_dir`."""
+def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict[str, dict]:
+    """main.{md,csv}, main_paired.csv, ablation.{md,csv}, ablation_paired.csv in `out_dir`.
+    Returns the seed-mean test EER of the first list per SSRL variant and per iterative round
+    (what the sweeps' parent runs summarise)."""
     root, out_dir = Path(root), Path(out_dir)
     groups = load_groups(cfg, root)
     lists = trial_lists(cfg, groups)
@@ -333,3 +335,13 @@ def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> None
         write_text(out_dir / f"{name}.md", md)
         write_text(out_dir / f"{name}.csv", rows)
         write_text(out_dir / f"{name}_paired.csv", paired)
+    first = lists[0] if lists else None
+    summary: dict[str, dict] = {"ablation": {}, "iterative": {}}
+    for g in groups.values():
+        if g.kind not in ("ssrl", "iterative") or first is None:
+            continue
+        eer = comp.summary(g, first)["eer"].value
+        if eer is not None:
+            key = g.row["variant"] if g.kind == "ssrl" else f"round{g.row['round']}"
+            summary["ablation" if g.kind == "ssrl" else "iterative"][key] = eer
+    return summary

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ssrl.files import atomic_path, read_json, write_json
+from ssrl.files import InputError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,20 @@ def git_commit(cwd: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def experiment_tags(experiment: str) -> dict[str, str]:
+    """MLflow 3 opens an experiment on its GenAI view (traces, tokens) unless told it holds
+    model training; and the description is what the UI shows on top."""
+    return {"mlflow.experimentKind": "custom_model_development",
+            "mlflow.note.content": (
+                f"ssrl experiment `{experiment}`: self-supervised speaker embeddings. One run "
+                "per workflow job: DINO (stage 1), the iterative baseline's rounds (parent "
+                "`iterative-...`), SSRL and its ablation grid (parent `ablation-...`), the "
+                "supervised topline and the MFCC-statistics floor. Final test numbers are "
+                "`test/eer`, `test/mindcf_0.01`, `test/mindcf_0.05` (the tables' numbers); "
+                "per-epoch curves are `dev/...`, cluster count and pseudo-label NMI; per-step "
+                "training curves are `step/...`.")}
 
 
 class NullTracker:
@@ -332,8 +346,10 @@ class Tracker:
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return client.create_experiment(self.experiment,
-                                                artifact_location=self._artifact_location())
+                experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=self._artifact_location(),
+                    tags=experiment_tags(self.experiment))
+                return experiment_id
             except MlflowException as err:  # created meanwhile by a parallel job
                 exp = client.get_experiment_by_name(self.experiment)
                 if exp is None:
@@ -514,7 +530,7 @@ def _short(err: BaseException) -> str:
 
 def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
                  tags: Mapping[str, str] | None = None,
-                 artifacts: list[Path] | None = None) -> bool:
+                 artifacts: list[Path] | None = None, artifact_path: str | None = None) -> bool:
     """Add metrics (step 0), tags and artifacts to the finished run of a job, leaving its
     status alone: how the score step puts the final test numbers on the run of the model it
     scored. False (with a warning) when the run or its store cannot be reached."""
@@ -535,9 +551,71 @@ def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
                                       for k, v in (metrics or {}).items()],
                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
             for path in artifacts or []:
-                client.log_artifact(state["run_id"], str(path))
+                client.log_artifact(state["run_id"], str(path), artifact_path)
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
         log.warning("MLflow run %s not updated (%s); the numbers stay in metrics.json",
                     state.get("run_id"), _short(err))
         return False
     return True
+
+
+def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str, float],
+                    tags: Mapping[str, str], artifacts: list[Path]) -> bool:
+    """Put a sweep's summary on its parent run (which otherwise holds nothing): the table of
+    its children as artifacts, their final numbers, the best child. False with a warning when
+    the store or the parent cannot be reached."""
+    from mlflow.entities import Metric, RunTag
+
+    try:
+        with _fast_fail():
+            client = open_client(uri)
+            exp = client.get_experiment_by_name(experiment)
+            found = [] if exp is None else client.search_runs(
+                [exp.experiment_id], filter_string=(f"attributes.run_name = '{parent}' and "
+                                                    "tags.sweep_parent = 'true'"),
+                order_by=["attributes.start_time ASC"], max_results=1)
+            if not found:
+                log.warning("no MLflow run %r in experiment %r: no sweep summary", parent,
+                            experiment)
+                return False
+            run_id, now = found[0].info.run_id, _now_ms()
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
+                                              for k, v in metrics.items()],
+                             tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            for path in artifacts:
+                client.log_artifact(run_id, str(path))
+    except Exception as err:  # noqa: BLE001 - tracking never fails the job
+        log.warning("sweep summary not logged to %s (%s)", parent, _short(err))
+        return False
+    return True
+
+
+def relocate_artifacts(db: Path) -> int:
+    """After a results folder was moved, point its SQLite store's artifact locations at the
+    `mlartifacts/` folder beside the database again (MLflow stores them as absolute paths).
+    Returns the number of experiments and runs updated."""
+    import sqlite3
+    from urllib.parse import unquote
+
+    db = Path(db).resolve()
+    if not db.is_file():
+        raise InputError(f"{db}: no MLflow database")
+    here = (db.parent / "mlartifacts").as_uri()
+    changed = 0
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        for exp_id, location in rows:
+            if not location or not location.startswith("file://") or "/mlartifacts/" not in \
+                    location:
+                continue
+            old_root = location[:location.rindex("/mlartifacts/") + len("/mlartifacts")]
+            if unquote(old_root) == unquote(here):
+                continue
+            new = here + location[len(old_root):]
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                        (new, exp_id))
+            cur = con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                              "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                              (here, len(old_root) + 1, exp_id, len(old_root), old_root))
+            changed += 1 + cur.rowcount
+    return changed

@@ -309,7 +309,10 @@ def cluster_stage(cfg: dict, model: Path, train: Path, out: Path) -> dict:
                          f"{len(store)} training utterances of {train}")
     device, d = init_runtime(cfg["runtime"])
     loaded = load_encoder(model, device)
-    emb = embed_waves(loaded.encoder, loaded.frontend, store, device, progress=True, d=d)
+    from ssrl.tracking.console import progress_bars
+
+    emb = embed_waves(loaded.encoder, loaded.frontend, store, device, progress=progress_bars(),
+                      d=d)
     if not d.main:  # under torchrun the others helped embed; one process clusters and writes
         return {}
     emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)

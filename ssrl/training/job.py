@@ -83,9 +83,16 @@ def compute_record(history: list[dict], steps_per_epoch: int, batch_size: int,
 
 
 def write_records(out: Path, history: list[dict], compute: dict, tracker: Any = None) -> None:
-    """history.json and compute.json next to the model, and both to the MLflow run."""
+    """history.json and compute.json next to the model; both, and the model file, to the
+    MLflow run (with the per-epoch trajectory figure where there are labels to plot)."""
     write_json(out / "history.json", history)
     write_json(out / "compute.json", compute)
     if tracker is not None:
         tracker.log_metrics({f"compute/{k}": v for k, v in compute.items()}, step=0)
         tracker.log_artifact(out / "history.json")
+        tracker.log_artifact(out / "model.pt", "model")
+        if any("n_clusters" in row for row in history):
+            from ssrl.report.plots import plot_history
+
+            plot_history(history, out / "trajectory.png", title=out.name)
+            tracker.log_artifact(out / "trajectory.png")

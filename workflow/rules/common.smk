@@ -235,7 +235,8 @@ JOBS = {
     "embed": {"runtime": config["runtime"], "eval": config["eval"]},
     "score": {"eval": config["eval"]},
     "baseline": {"job": identity("baseline", "baseline")},
-    "report": {"experiment": EXP, "data": {"source": SOURCE}, "eval": config["eval"],
+    "report": {"job": identity("report", "report"), "experiment": EXP,
+               "data": {"source": SOURCE}, "eval": config["eval"],
                "systems": SYSTEMS, "test_store": "store/test",
                "trial_order": ["trials", *DATA["voxceleb"]["trials"]]},
 }

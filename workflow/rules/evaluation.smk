@@ -104,7 +104,7 @@ rule tables:
     shell:
         "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
         "python -m ssrl tables --job {input.cfg:q} --root {params.root:q}"
-        " --out-dir {params.out:q} 2>&1 | tee {log:q}"
+        " --out-dir {params.out:q} --threads {threads:q} 2>&1 | tee {log:q}"
 
 
 rule plots:
@@ -138,9 +138,13 @@ rule export_ssrl:
     output:
         torchscript=f"{R}/export/encoder.ts",
         onnx=f"{R}/export/encoder.onnx",
+        wave_onnx=f"{R}/export/wave/encoder.onnx",
     params:
         out=lambda w, output: os.path.dirname(output.onnx),
+        run=lambda w, input: os.path.dirname(input[0]),
     log:
         f"{LOGS}/export_ssrl.log",
     shell:
-        "python -m ssrl export --model {input:q} --out-dir {params.out:q} 2>&1 | tee {log:q}"
+        "(python -m ssrl export --model {input:q} --out-dir {params.out:q}"
+        " --run-dir {params.run:q} && python -m ssrl export --with-frontend --model {input:q}"
+        " --out-dir {params.out:q}/wave --run-dir {params.run:q}) 2>&1 | tee {log:q}"
