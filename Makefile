@@ -21,10 +21,10 @@ $(STAMP): envs/requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 run: venv
-	$(BIN)/snakemake --cores all $(CONFIGFILE)
+	$(BIN)/snakemake --profile profiles/local $(CONFIGFILE)
 
 report: venv
-	$(BIN)/snakemake --cores all $(CONFIGFILE) --report results/report.html
+	$(BIN)/snakemake --profile profiles/local $(CONFIGFILE) --report results/report.html
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: venv

@@ -10,6 +10,7 @@ interval excludes zero -- the only differences the README calls findings.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 from pathlib import Path
@@ -74,6 +75,29 @@ def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(_num(row.get(c), COLUMN_DIGITS.get(c, 1))
                                        for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def html_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """The same table as `markdown_table`, as HTML (for the Snakemake report)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(
+        f"<td>{html.escape(_num(row.get(c), COLUMN_DIGITS.get(c, 1)))}</td>" for c in columns)
+        + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+
+
+def html_page(title: str, sections: list[tuple[str, str, list[str], list[dict]]]) -> str:
+    """A self-contained page: (heading, introduction, columns, rows) per table."""
+    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;"
+             "font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}"
+             "p{max-width:60em}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for heading, intro, columns, rows in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(intro)}</p>"
+                     + html_table(columns, rows))
+    return "".join(parts) + "</body></html>\n"
 
 
 def _csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
@@ -214,9 +238,25 @@ def main_groups(groups: dict[str, Group]) -> list[Group]:
     return sorted(rows, key=lambda g: (order[g.kind], g.row.get("round") or 0))
 
 
+MAIN_INTRO = ("Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Brackets: 95 % "
+              "interval from a bootstrap over test speakers ({replicates} replicates); with "
+              "several seeds: mean ± sd over seeds [interval of the mean]. NMI / clusters: "
+              "pseudo labels at the end of training (DINO: its k-means; round r: the clustering "
+              "it trained on). Minutes are training wall time; cumulative = all stages that led "
+              "to the system (SSRL = DINO + SSRL, round r = DINO + rounds 1..r), also in passes "
+              "over the training data. The topline uses the true speaker labels: reporting "
+              "only.")
+MAIN_PAIRED = ("A − B on the same bootstrap replicates (negative ΔEER: A is better). `*`: the "
+               "95 % interval excludes 0.")
+ABLATION_INTRO = ("Each row switches mechanisms of SSRL (columns left of the metrics); `full` is "
+                  "the method as configured. Same intervals as the main table.")
+ABLATION_PAIRED = ("variant − full on the same replicates (negative ΔEER: the variant is "
+                   "better). `*`: the 95 % interval excludes 0.")
+
+
 def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: list[str]
-               ) -> tuple[str, str, str]:
-    """(main.md, main.csv, main_paired.csv)."""
+               ) -> tuple[str, str, str, str]:
+    """(main.md, main.csv, main_paired.csv, main.html)."""
     by_name = {m.name: m for g in groups.values() for m in g.members}
     rows_md, rows_csv = [], []
     chosen = main_groups(groups)
@@ -261,25 +301,22 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
     paired_md, paired_csv = _paired_rows(comp, pairs, lists)
 
     experiment = cfg.get("experiment", "")
-    md = (f"# {experiment}: main results\n\n"
-          "Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Brackets: 95 % "
-          "interval from a bootstrap over test speakers "
-          f"({comp.replicates} replicates); with several seeds: mean ± sd over seeds [interval "
-          "of the mean]. NMI / clusters: pseudo labels at the end of training (DINO: its "
-          "k-means; round r: the clustering it trained on). Minutes are training wall time; "
-          "cumulative = all stages that led to the system (SSRL = DINO + SSRL, round r = DINO + "
-          "rounds 1..r), also in passes over the training data. The topline uses the true "
-          "speaker labels: reporting only.\n\n" + markdown_table(columns, rows_md))
-    md += _paired_md(paired_md, "A − B on the same bootstrap replicates (negative ΔEER: A is "
-                     "better). `*`: the 95 % interval excludes 0.")
+    intro = MAIN_INTRO.format(replicates=comp.replicates)
+    md = (f"# {experiment}: main results\n\n{intro}\n\n" + markdown_table(columns, rows_md))
+    md += _paired_md(paired_md, MAIN_PAIRED)
+    sections = [("Systems", intro, columns, rows_md)]
+    if paired_md:
+        sections.append(("Paired comparisons", MAIN_PAIRED, list(paired_md[0]), paired_md))
     if cfg.get("data", {}).get("source") == "voxceleb":
         md += _published_md()
-    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv)
+    page = html_page(f"{experiment}: main results", sections)
+    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv), page
 
 
 def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: list[str]
-                   ) -> tuple[str, str, str]:
-    """(ablation.md, ablation.csv, ablation_paired.csv): one row per SSRL variant."""
+                   ) -> tuple[str, str, str, str]:
+    """(ablation.md, ablation.csv, ablation_paired.csv, ablation.html): one row per SSRL
+    variant."""
     variants = [g for g in groups.values() if g.kind == "ssrl"]
     switch_keys = sorted({k for g in variants for k in g.row["switches"]})
     rows_md, rows_csv = [], []
@@ -302,12 +339,14 @@ def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists
     pairs = [(f"{g.row['variant']} − full", g, full) for g in variants if full and g is not full]
     paired_md, paired_csv = _paired_rows(comp, pairs, lists)
     experiment = cfg.get("experiment", "")
-    md = (f"# {experiment}: SSRL ablation grid\n\nEach row switches mechanisms of SSRL "
-          "(columns left of the metrics); `full` is the method as configured. Same intervals "
-          "as the main table.\n\n" + markdown_table(columns, rows_md))
-    md += _paired_md(paired_md, "variant − full on the same replicates (negative ΔEER: the "
-                     "variant is better). `*`: the 95 % interval excludes 0.")
-    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv)
+    md = (f"# {experiment}: SSRL ablation grid\n\n{ABLATION_INTRO}\n\n"
+          + markdown_table(columns, rows_md))
+    md += _paired_md(paired_md, ABLATION_PAIRED)
+    sections = [("Variants", ABLATION_INTRO, columns, rows_md)]
+    if paired_md:
+        sections.append(("Paired comparisons", ABLATION_PAIRED, list(paired_md[0]), paired_md))
+    page = html_page(f"{experiment}: SSRL ablation grid", sections)
+    return md, _csv(csv_columns, rows_csv), _csv(PAIRED_CSV, paired_csv), page
 
 
 def _published_md() -> str:
@@ -331,10 +370,11 @@ def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict
     comp = Comparisons(WaveStore(root / cfg["test_store"]), lists,
                        cfg.get("eval", {}).get("bootstrap", {}), threads)
     for name, table in (("main", main_table), ("ablation", ablation_table)):
-        md, rows, paired = table(cfg, comp, groups, lists)
+        md, rows, paired, page = table(cfg, comp, groups, lists)
         write_text(out_dir / f"{name}.md", md)
         write_text(out_dir / f"{name}.csv", rows)
         write_text(out_dir / f"{name}_paired.csv", paired)
+        write_text(out_dir / f"{name}.html", page)
     first = lists[0] if lists else None
     summary: dict[str, dict] = {"ablation": {}, "iterative": {}}
     for g in groups.values():
