@@ -38,7 +38,8 @@ def errors(cfg: dict) -> list[str]:
             for e in validator.iter_errors(cfg)]
 
 
-@pytest.mark.parametrize("files", [(), ("config/smoke.yaml",), ("config/voxceleb.yaml",)])
+@pytest.mark.parametrize("files", [(), ("config/smoke.yaml",), ("config/voxceleb.yaml",),
+                                   ("config/claims.yaml",), ("config/slurm-example.yaml",)])
 def test_presets_validate(files):
     assert errors(merged(*files)) == []
 
@@ -60,7 +61,8 @@ def test_every_preset_key_is_in_the_schema():
         return out
 
     known = schema_keys(SCHEMA)
-    for name in ("config.yaml", "config/smoke.yaml", "config/voxceleb.yaml"):
+    for name in ("config.yaml", "config/smoke.yaml", "config/voxceleb.yaml",
+                 "config/claims.yaml", "config/slurm-example.yaml"):
         assert keys(yaml.safe_load((REPO / name).read_text())) - known == set(), name
 
 

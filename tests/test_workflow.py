@@ -59,7 +59,7 @@ def test_one_number_everywhere(smoke_run, runs):
     client, found = runs
     by_name = {r.info.run_name: r for r in found if r.info.status == "FINISHED"}
     for system, run in (("seed0/dino", "dino-seed0"), ("baseline", "baseline"),
-                        ("seed0/iterative/round2", "iterative-round2-seed0"),
+                        ("seed0/iterative/e1/round2", "iterative-e1-round2-seed0"),
                         ("seed0/supervised", "supervised-seed0")):
         metrics = json.loads((smoke_run.results / "eval" / system / "metrics.json").read_text())
         eer = metrics["trials"]["trials"]["eer"]
@@ -100,7 +100,7 @@ def test_mlflow_runs(runs):
     by_name: dict[str, list] = {}
     for run in found:
         by_name.setdefault(run.info.run_name, []).append(run)
-    expected = ["baseline", "dino-seed0", "iterative-round1-seed0", "iterative-round2-seed0",
+    expected = ["baseline", "dino-seed0", "iterative-e1-round1-seed0", "iterative-e1-round2-seed0",
                 "ssrl-full-seed0", "ssrl-no_nlm-seed0", "supervised-seed0"]
     for name in expected:
         assert [r.info.status for r in by_name[name]] == ["FINISHED"], name
@@ -118,7 +118,7 @@ def test_mlflow_runs(runs):
     # the k, epochs and seed each job actually used
     assert (full.data.params["job.k"], full.data.params["job.epochs"],
             full.data.params["job.seed"]) == ("6", "3", "0")
-    round1 = by_name["iterative-round1-seed0"][0]
+    round1 = by_name["iterative-e1-round1-seed0"][0]
     assert round1.data.params["job.epochs"] == "1" and round1.data.params["iterative.epochs"] == "1"
     assert "ssrl.epochs" in round1.data.params and "ssrl.queue_len" not in round1.data.params
     assert by_name["dino-seed0"][0].data.params["dino.epochs"] == "1"
@@ -142,7 +142,7 @@ def test_sweeps_have_parents(runs):
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parents["ablation-smoke"].info.run_id
         assert run.data.tags["sweep"] == "ablation-smoke"
-    rounds = [r for r in found if r.info.run_name.startswith("iterative-round")]
+    rounds = [r for r in found if r.info.run_name.startswith("iterative-e")]
     assert len(rounds) == 2 and all(r.data.tags["mlflow.parentRunId"] == parents[
         "iterative-smoke"].info.run_id for r in rounds)
 
@@ -159,7 +159,7 @@ def test_mlflow_experiment_opens_on_training_runs_and_parents_summarise(runs, sm
     files = {f.path for f in client.list_artifacts(ablation.info.run_id)}
     assert {"ablation.md", "ablation.csv", "ablation_paired.csv"} <= files
     rounds = client.get_run(parents["iterative-smoke"].info.run_id)
-    assert set(rounds.data.metrics) == {"round1/test/eer", "round2/test/eer"}
+    assert set(rounds.data.metrics) == {"e1-round1/test/eer", "e1-round2/test/eer"}
     # every trained model is an artifact of its run; the export of the full SSRL model too
     full = next(r for r in found if r.info.run_name == "ssrl-full-seed0")
     assert [f.path for f in client.list_artifacts(full.info.run_id, "model")] == [
@@ -179,3 +179,38 @@ def test_log_lines_name_their_job_and_hide_faiss_noise(smoke_run):
     assert any("epoch 3/3" in ln and "ETA" in ln for ln in lines)
     store = (logs / "wave_store_test.log").read_text()
     assert "[store/test] INFO" in store and "\r" not in store  # no progress bar in a log file
+
+
+def test_a_second_run_gives_identical_numbers_and_weights(smoke_run, tmp_path):
+    """Same commit, config and machine: every metric, history row (wall times aside), label
+    file and model weight of a fresh second run equals the first run's, bit for bit."""
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+    from conftest import SMOKE_CRASH, SMOKE_FIXED, SMOKE_OVERRIDES, copy_workflow, snakemake
+
+    again = copy_workflow(tmp_path / "again")
+    (again / "overrides.yaml").write_text(SMOKE_OVERRIDES.replace(SMOKE_CRASH, SMOKE_FIXED))
+    proc = snakemake(again, "--cores", "2", "--configfile", "config/smoke.yaml",
+                     "overrides.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = smoke_run.results, again / smoke_run.results.relative_to(smoke_run.dir)
+    metrics = sorted(p.relative_to(first) for p in first.glob("eval/**/metrics.json"))
+    assert len(metrics) == 8
+    for rel in metrics:
+        assert json.loads((first / rel).read_text()) == json.loads((second / rel).read_text())
+    models = sorted(p.relative_to(first) for p in first.glob("seed0/**/model.pt"))
+    assert len(models) == 7
+    for rel in models:
+        a, b = (torch.load(r / rel, weights_only=True)["encoder"] for r in (first, second))
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
+        history = [[{k: v for k, v in row.items() if k != "seconds"}
+                    for row in json.loads((r / rel.parent / "history.json").read_text())]
+                   for r in (first, second)]
+        assert history[0] == history[1], rel
+    for rel in sorted(p.relative_to(first) for p in first.glob("seed0/**/labels.npz")):
+        with np.load(first / rel) as a, np.load(second / rel) as b:
+            assert np.array_equal(a["labels"], b["labels"]), rel
+    shutil.rmtree(again)

@@ -119,20 +119,25 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
             ys = np.mean([r[1][:n] for r in runs], axis=0)
             ax.plot(xs, ys, lw=2.0 if g.row["variant"] == "full" else 1.0,
                     label=f"SSRL {g.row['variant']}")
-    rounds = [g for g in groups.values() if g.kind == "iterative"]
-    spent, marks = 0, {"nmi": ([], [])}
-    for g in rounds:
-        m = g.members[0]
-        spent += len(m.history or [])
-        nmi = m.final_labels()["nmi"]
-        if nmi is not None:
-            marks["nmi"][0].append(spent)
-            marks["nmi"][1].append(nmi)
+    chains: dict[int, list[Group]] = {}
+    for g in groups.values():
+        if g.kind == "iterative":
+            chains.setdefault(g.row.get("chain_epochs") or 0, []).append(g)
+    for i, (epochs, rounds) in enumerate(sorted(chains.items())):
+        spent, xs, ys = 0, [], []
+        for g in rounds:
+            m = g.members[0]
+            spent += len(m.history or [])
+            nmi = m.final_labels()["nmi"]
+            if nmi is not None:
+                xs.append(spent)
+                ys.append(nmi)
+        if xs:
+            axes[1].plot(xs, ys, "ks^v"[i % 4], ms=5, ls=":", color="0.2",
+                         label=f"iterative rounds, {epochs} epochs each (NMI of the "
+                               "clustering each trained on)")
     dino = next((g for g in groups.values() if g.kind == "dino"), None)
     for ax, (key, label) in zip(axes, PANELS):
-        if key in marks and marks[key][0]:
-            ax.plot(*marks[key], "ks", ms=5, ls=":",
-                    label="iterative rounds (NMI of the clustering each trained on)")
         start = _start(dino, key) if dino else None
         if start is not None:
             ax.axhline(start, color="0.4", ls="--", lw=0.8, label="DINO k-means (epoch 0)")
@@ -186,7 +191,10 @@ def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
     for g in groups.values():
         if g.kind == "ssrl" and g.row["variant"] != "full":
             continue
-        picked[g.kind] = g  # the last iterative round wins
+        if g.kind == "iterative" and "iterative" in picked and (
+                g.row.get("chain_epochs") != picked["iterative"].row.get("chain_epochs")):
+            continue  # the first chain's last round
+        picked[g.kind] = g
     for kind in wanted:
         g = picked.get(kind)
         m = g.members[0] if g else None

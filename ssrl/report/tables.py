@@ -235,7 +235,8 @@ def _paired_md(rows: list[dict], intro: str) -> str:
 def main_groups(groups: dict[str, Group]) -> list[Group]:
     order = {"baseline": 0, "dino": 1, "iterative": 2, "ssrl": 3, "supervised": 4}
     rows = [g for g in groups.values() if g.kind != "ssrl" or g.row["variant"] == "full"]
-    return sorted(rows, key=lambda g: (order[g.kind], g.row.get("round") or 0))
+    return sorted(rows, key=lambda g: (order[g.kind], g.row.get("chain_epochs") or 0,
+                                       g.row.get("round") or 0))
 
 
 MAIN_INTRO = ("Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Brackets: 95 % "
@@ -289,10 +290,13 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
 
     pairs = []
     ssrl = kinds.get("ssrl")
-    rounds = [g for g in chosen if g.kind == "iterative"]
     floor = kinds.get("baseline")
-    if ssrl and rounds:
-        pairs.append((f"SSRL − {rounds[-1].label}", ssrl, rounds[-1]))
+    last_rounds: dict[int, Group] = {}
+    for g in chosen:
+        if g.kind == "iterative":
+            last_rounds[g.row.get("chain_epochs") or 0] = g  # rounds come in order
+    for last in last_rounds.values() if ssrl else []:
+        pairs.append((f"SSRL − {last.label}", ssrl, last))
     if ssrl and dino:
         pairs.append(("SSRL − DINO", ssrl, dino))
     if floor:
@@ -382,6 +386,7 @@ def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict
             continue
         eer = comp.summary(g, first)["eer"].value
         if eer is not None:
-            key = g.row["variant"] if g.kind == "ssrl" else f"round{g.row['round']}"
+            key = g.row["variant"] if g.kind == "ssrl" else \
+                f"e{g.row.get('chain_epochs')}-round{g.row['round']}"
             summary["ablation" if g.kind == "ssrl" else "iterative"][key] = eer
     return summary

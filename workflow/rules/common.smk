@@ -38,6 +38,10 @@ SEEDS = config["seeds"]
 K = config["cluster"]["k"]
 SSRL = config["ssrl"]
 ROUNDS = list(range(1, config["iterative"]["rounds"] + 1))
+# One chain of rounds per entry of iterative.epochs (epochs per round), e.g. [4, 20]: rounds at
+# SSRL's cumulative budget and rounds at SSRL's own budget each.
+CHAINS = [config["iterative"]["epochs"]] if isinstance(config["iterative"]["epochs"], int) \
+    else list(config["iterative"]["epochs"])
 
 
 def n_train_utterances():
@@ -91,6 +95,28 @@ def variant_k(name):
     return VARIANT_CONFIG[name]["init_k"] or K
 
 
+# --- the iterative baseline's chains of rounds ----------------------------------------------
+def source_of(e, r):
+    """The clustering round r of chain e trains on: DINO's, or round r-1's (`e4-round2`)."""
+    return "dino" if int(r) == 1 else f"e{e}-round{int(r) - 1}"
+
+
+def model_of(seed, source):
+    """The model a clustering reads: `dino` or `e<E>-round<r>` of the iterative baseline."""
+    if source == "dino":
+        return f"{R}/seed{seed}/dino/model.pt"
+    e, r = source.split("-")
+    return f"{R}/seed{seed}/iterative/{e}/{r}/model.pt"
+
+
+def previous_model(seed, e, r):
+    return model_of(seed, source_of(e, r))
+
+
+def previous_clustering(seed, e, r):
+    return f"{R}/seed{seed}/cluster/{source_of(e, r)}_k{K}/labels.npz"
+
+
 # --- the table of systems ----------------------------------------------------------------------
 def system(name, kind, label, seed, folder, **extra):
     """One row of the systems table: what it is, and every file it has (paths relative to R)."""
@@ -102,7 +128,8 @@ def system(name, kind, label, seed, folder, **extra):
             "labels": f"{folder}/labels.npz" if kind in ("ssrl", "iterative", "supervised")
             else None,
             "eval": f"eval/{folder}", "metrics": f"eval/{folder}/metrics.json",
-            "uses_labels": kind == "supervised", "variant": None, "round": None, "k": None,
+            "uses_labels": kind == "supervised", "variant": None, "round": None,
+            "chain_epochs": None, "k": None,
             "epochs": None, "switches": {}, "quality": None, "chain": [], **extra}
 
 
@@ -111,15 +138,16 @@ def seed_systems(s):
     rows = [system(dino, "dino", "DINO", s, f"seed{s}/dino", k=K,
                    epochs=config["dino"]["epochs"], quality=f"seed{s}/cluster/dino_k{K}/quality.json",
                    chain=[dino])]
-    chain = [dino]
-    for r in ROUNDS:
-        name = f"iterative-round{r}-seed{s}"
-        source = "dino" if r == 1 else f"round{r - 1}"
-        chain = chain + [name]
-        rows.append(system(name, "iterative", f"Iterative round {r}", s,
-                           f"seed{s}/iterative/round{r}", round=r, k=K,
-                           epochs=config["iterative"]["epochs"],
-                           quality=f"seed{s}/cluster/{source}_k{K}/quality.json", chain=chain))
+    for e in CHAINS:
+        chain = [dino]
+        for r in ROUNDS:
+            name = f"iterative-e{e}-round{r}-seed{s}"
+            chain = chain + [name]
+            label = f"Iterative round {r}" + (f" ({e} epochs each)" if len(CHAINS) > 1 else "")
+            rows.append(system(name, "iterative", label, s, f"seed{s}/iterative/e{e}/round{r}",
+                               round=r, chain_epochs=e, k=K, epochs=e,
+                               quality=f"seed{s}/cluster/{source_of(e, r)}_k{K}/quality.json",
+                               chain=chain))
     for v, pattern in VARIANT_DIRS.items():
         name = f"ssrl-{v}-seed{s}"
         rows.append(system(name, "ssrl", "SSRL" if v == FULL else f"SSRL {v}", s,
@@ -154,22 +182,6 @@ def dev_flag(input):
     return ["--dev", input.dev] if HAS_DEV else []
 
 
-def model_of(seed, source):
-    """The model a clustering reads: `dino` or `roundN` of the iterative baseline."""
-    if source == "dino":
-        return f"{R}/seed{seed}/dino/model.pt"
-    return f"{R}/seed{seed}/iterative/{source}/model.pt"
-
-
-def previous_model(seed, r):
-    return model_of(seed, "dino" if int(r) == 1 else f"round{int(r) - 1}")
-
-
-def previous_clustering(seed, r):
-    source = "dino" if int(r) == 1 else f"round{int(r) - 1}"
-    return f"{R}/seed{seed}/cluster/{source}_k{K}/labels.npz"
-
-
 # --- the config file of every job ----------------------------------------------------------------
 SHARED_SECTIONS = ("features", "model", "augment", "runtime")
 
@@ -193,19 +205,23 @@ def training_jobs(s):
     for k in sorted({K} | {variant_k(v) for v in VARIANT_DIRS}):
         jobs[f"seed{s}/cluster/dino_k{k}"] = sections(
             seed=s, cluster={**config["cluster"], "k": k})
-    for r in ROUNDS[:-1]:
-        jobs[f"seed{s}/cluster/round{r}_k{K}"] = sections(seed=s, cluster=config["cluster"])
+    for e in CHAINS:
+        for r in ROUNDS[:-1]:
+            jobs[f"seed{s}/cluster/e{e}-round{r}_k{K}"] = sections(seed=s,
+                                                                   cluster=config["cluster"])
     for v, pattern in VARIANT_DIRS.items():
         jobs[f"seed{s}/ssrl/{pattern}"] = sections(
             seed=s, ssrl=VARIANT_CONFIG[v], job=identity(
                 f"ssrl-{v}-seed{s}", "ssrl", s, variant=v, k=variant_k(v),
                 epochs=SSRL["epochs"], parent=f"ablation-{EXP}"))
     classifier = {k: v for k, v in SSRL.items() if k in CLASSIFIER_KEYS}
-    for r in ROUNDS:
-        jobs[f"seed{s}/iterative/round{r}"] = sections(
-            seed=s, ssrl=classifier, iterative=config["iterative"], job=identity(
-                f"iterative-round{r}-seed{s}", "iterative", s, variant=f"round{r}", k=K,
-                epochs=config["iterative"]["epochs"], parent=f"iterative-{EXP}"))
+    for e in CHAINS:
+        for r in ROUNDS:
+            jobs[f"seed{s}/iterative/e{e}/round{r}"] = sections(
+                seed=s, ssrl=classifier, iterative={**config["iterative"], "epochs": e},
+                job=identity(f"iterative-e{e}-round{r}-seed{s}", "iterative", s,
+                             variant=f"e{e}-round{r}", k=K, epochs=e,
+                             parent=f"iterative-{EXP}"))
     if TOPLINE:
         jobs[f"seed{s}/supervised"] = sections(
             seed=s, ssrl=classifier, job=identity(

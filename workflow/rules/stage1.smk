@@ -39,7 +39,7 @@ rule cluster:
         quality=f"{R}/seed{{seed}}/cluster/{{source}}_k{{k}}/quality.json",
     wildcard_constraints:
         seed=r"\d+",
-        source=r"dino|round\d+",
+        source=r"dino|e\d+-round\d+",
         k=r"\d+",
     params:
         out=lambda w, output: os.path.dirname(output.labels),

@@ -41,15 +41,16 @@ rule iterative_round:
         train=store("train"),
         **AUGMENT_STORES,
         **DEV_STORE,
-        init=lambda w: previous_model(w.seed, w.r),
-        labels=lambda w: previous_clustering(w.seed, w.r),
-        cfg=lambda w: job_file(f"seed{w.seed}/iterative/round{w.r}"),
+        init=lambda w: previous_model(w.seed, w.e, w.r),
+        labels=lambda w: previous_clustering(w.seed, w.e, w.r),
+        cfg=lambda w: job_file(f"seed{w.seed}/iterative/e{w.e}/round{w.r}"),
     output:
-        model=f"{R}/seed{{seed}}/iterative/round{{r}}/model.pt",
-        history=f"{R}/seed{{seed}}/iterative/round{{r}}/history.json",
-        compute=f"{R}/seed{{seed}}/iterative/round{{r}}/compute.json",
+        model=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/model.pt",
+        history=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/history.json",
+        compute=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/compute.json",
     wildcard_constraints:
         seed=r"\d+",
+        e=r"\d+",
         r=r"\d+",
     params:
         out=lambda w, output: os.path.dirname(output.model),
@@ -59,7 +60,7 @@ rule iterative_round:
     resources:
         **train_resources(),
     log:
-        f"{LOGS}/seed{{seed}}/iterative_round{{r}}.log",
+        f"{LOGS}/seed{{seed}}/iterative_e{{e}}_round{{r}}.log",
     shell:
         "{params.launch:q} iterative --job {input.cfg:q} --train {input.train:q}"
         " --noise {input.noise:q} --rir {input.rir:q} {params.dev:q} --init {input.init:q}"
