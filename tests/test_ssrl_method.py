@@ -190,3 +190,65 @@ def test_teacher_lag_is_a_time_constant_in_epochs():
     assert large[0] == pytest.approx(1 - 1 / 100) and large[-1] == pytest.approx(1 - 1 / 400)
     direct = teacher_momentum({**c, "teacher_lag_epochs": None}, 50, 500)
     assert direct[0] == pytest.approx(0.9) and direct[-1] == pytest.approx(0.95)
+
+
+# --- the mechanism: over-split clusters merge, pseudo labels improve ----------------------------
+def _tone_speakers(rng: np.random.Generator, n_spk: int = 4, n_utt: int = 16) -> MemoryWaves:
+    """Clearly separable 'speakers': harmonic tones at their own F0, 2.5-3.5 s, light noise."""
+    waves, spk = [], []
+    for s, f0 in enumerate([110.0, 180.0, 290.0, 470.0][:n_spk]):
+        for _ in range(n_utt):
+            t = np.arange(int(16000 * rng.uniform(2.5, 3.5))) / 16000
+            x = sum(np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 6)) / h for h in range(1, 6))
+            waves.append((0.2 * (x + 0.05 * rng.standard_normal(len(t)))).astype(np.float32))
+            spk.append(f"s{s}")
+    return MemoryWaves([f"u{i}" for i in range(len(waves))], waves, spk)
+
+
+def test_over_split_clusters_merge_and_pseudo_labels_improve():
+    """Four speakers, each split into two clusters (12 + 4 utterances): a few SSRL epochs with
+    the built-in default's relabelling must remove clusters and raise NMI toward 1."""
+    from ssrl.evaluation.embed import embed_waves
+    from ssrl.training.clustering import cluster_quality
+    from ssrl.training.ssrl import end_of_epoch, train_one_epoch
+
+    rng = np.random.default_rng(0)
+    store = _tone_speakers(rng)
+    cfg = load_config(overrides={"experiment": "m", "model": {
+        "preset": "ecapa_tiny", "channels": 16, "embed_dim": 16, "scale": 2, "se_channels": 8,
+        "attention_channels": 8}})
+    cfg["seed"] = 1
+    cfg["runtime"]["device"] = "cpu"
+    cfg["ssrl"].update({"batch_size": 16, "steps_per_epoch": None, "student_seconds": 1.0,
+                        "teacher_seconds": 2.0, "queue_len": 3, "hold_epochs": 2,
+                        "warm_epochs": 0, "lr": 3e-3, "min_lr": 1e-4, "p_noise": 0.0,
+                        "p_reverb": 0.0, "teacher_lag_epochs": [0.3, 1.0], "eval_every": 0})
+    assert cfg["ssrl"]["relabel"] == load_config()["ssrl"]["relabel"] == "cosine"
+    quiet = Augmenter(None, None, p_reverb=0.0, p_noise=0.0)
+    cpu = torch.device("cpu")
+    # A speaker-discriminative start, as DINO gives: a few epochs on the true speakers.
+    true = np.repeat(np.arange(4), 16)
+    start = build_run(cfg, cfg["ssrl"], store, quiet, true,
+                      rng.standard_normal((4, 16)).astype(np.float32), epochs=20,
+                      relabel=False, init_encoder=None, device=cpu, d=Dist())
+    for epoch in range(20):
+        train_one_epoch(start, epoch, 0, [], lambda *a: None)
+    encoder = start.student.encoder.eval()
+    emb = embed_waves(encoder, start.frontend, store, cpu)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    over = np.array([2 * s + (u >= 12) for s in range(4) for u in range(16)])
+    centroids = np.stack([emb[over == k].mean(axis=0) for k in range(8)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    nmi0 = cluster_quality(store.spk, over)["nmi"]
+
+    run = build_run(cfg, cfg["ssrl"], store, quiet, over, centroids.astype(np.float32),
+                    epochs=12, relabel=True, init_encoder=encoder.state_dict(), device=cpu,
+                    d=Dist())
+    rows = []
+    for epoch in range(12):
+        train_one_epoch(run, epoch, 0, [], lambda *a: None)
+        rows.append(end_of_epoch(run, epoch))
+    counts = [r["n_clusters"] for r in rows]
+    assert counts == sorted(counts, reverse=True)  # clusters are only ever removed
+    assert counts[-1] <= 6, counts
+    assert rows[-1]["nmi"] > nmi0 + 0.05, [r["nmi"] for r in rows]
