@@ -132,34 +132,53 @@ def _decoded(paths: list[Path], workers: int) -> Iterator[_Decoded]:
 
 class _ShardWriter:
     """Appends int16 utterances to shard files of at most `shard_bytes` (one utterance may
-    exceed it alone: utterances are never split), hashing each shard as it is written."""
+    exceed it alone: utterances are never split).
 
-    def __init__(self, folder: Path, shard_bytes: int) -> None:
+    Each shard is hashed once it is closed, on `hashers` threads, by reading it back (from the
+    page cache): hashing costs more than writing, and in the writing thread it would bound the
+    whole build however many threads decode (docs/benchmarks.md). Use as a context manager;
+    `finish()` waits for the checksums and returns the shard list of meta.json."""
+
+    def __init__(self, folder: Path, shard_bytes: int, hashers: int = 1) -> None:
         self.folder, self.shard_bytes = folder, shard_bytes
-        self.shards: list[dict[str, Any]] = []
+        self._names: list[str] = []
+        self._sizes: list[int] = []  # samples per closed shard
+        self._digests: list[Future[str]] = []
+        self._hashing = ThreadPoolExecutor(max(hashers, 1), thread_name_prefix="ssrl-hash")
         self._file: BinaryIO | None = None
-        self._digest = hashlib.sha256()
         self._filled = 0  # samples in the current shard
 
-    def add(self, pcm: np.ndarray) -> tuple[int, int]:
-        """Write `pcm`; return (shard number, offset in samples)."""
-        if self._file is None or (self._filled + len(pcm)) * 2 > self.shard_bytes:
-            self.close()
-            name = f"shards/{len(self.shards):05d}.bin"
-            self.shards.append({"file": name})
-            self._file = open(self.folder / name, "wb")  # noqa: SIM115 - closed in close()
-            self._digest, self._filled = hashlib.sha256(), 0
-        raw = pcm.tobytes()
-        self._file.write(raw)
-        self._digest.update(raw)
-        offset, self._filled = self._filled, self._filled + len(pcm)
-        return len(self.shards) - 1, offset
+    def __enter__(self) -> _ShardWriter:
+        return self
 
-    def close(self) -> None:
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._hashing.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, pcm: np.ndarray) -> tuple[int, int]:
+        """Write `pcm` (int16); return (shard number, offset in samples)."""
+        if self._file is None or (self._filled + len(pcm)) * 2 > self.shard_bytes:
+            self._close_shard()
+            self._names.append(f"shards/{len(self._names):05d}.bin")
+            self._file = open(self.folder / self._names[-1], "wb")  # noqa: SIM115 - see _close_shard
+        self._file.write(np.ascontiguousarray(pcm, dtype="<i2"))
+        offset, self._filled = self._filled, self._filled + len(pcm)
+        return len(self._names) - 1, offset
+
+    def _close_shard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self.shards[-1].update(sha256=self._digest.hexdigest(), n_samples=self._filled)
+            self._sizes.append(self._filled)
+            self._digests.append(self._hashing.submit(_sha256, self.folder / self._names[-1]))
+            self._filled = 0
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close the last shard; every shard's file, sha256 and number of samples."""
+        self._close_shard()
+        return [{"file": name, "sha256": digest.result(), "n_samples": size}
+                for name, digest, size in zip(self._names, self._digests, self._sizes)]
 
 
 def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "error",
@@ -187,9 +206,8 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
     skipped: list[dict[str, str]] = []
     rescaled: list[str] = []
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _ShardWriter(tmp, shard_bytes, workers) as writer:
         (tmp / "shards").mkdir()
-        writer = _ShardWriter(tmp, shard_bytes)
         waves = _decoded(paths, workers)
         decoded = _progress(waves, len(paths), f"store {out.name}", progress)
         try:
@@ -211,9 +229,9 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
                 offsets.append(offset)
                 lengths.append(len(pcm))
         finally:
-            writer.close()
             decoded.close()
             waves.close()  # stops the decoding threads when leaving early
+        shards = writer.finish()
 
         if rescaled:
             log.warning("%s: %d utterance(s) had samples beyond [-1, 1] (float audio) and were "
@@ -251,7 +269,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             "sample_rate": SAMPLE_RATE,
             "n_utts": len(utt_ids),
             "total_samples": int(sum(lengths)),
-            "shards": writer.shards,
+            "shards": shards,
             "trials": trials_meta,
             "report": report,
         }
