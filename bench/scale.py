@@ -86,20 +86,23 @@ GPU_PEAK_TFLOPS, GPU_MFU = 989.0, 0.30
 
 # --- measuring ---------------------------------------------------------------------------------
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and of its children that have exited."""
+def cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its children that have exited."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 @contextlib.contextmanager
 def measured() -> Iterator[dict[str, float]]:
-    """Fills the yielded dict with `wall` and `cpu` seconds of the block."""
+    """Fills the yielded dict with `wall` and `cpu` seconds of the block, `cpu` split into
+    `cpu_self` (this process) and `cpu_children` (e.g. ffmpeg: work outside Python's GIL)."""
     out: dict[str, float] = {}
-    w0, c0 = time.perf_counter(), cpu_seconds()
+    w0, (s0, k0) = time.perf_counter(), cpu_seconds()
     yield out
-    out["wall"], out["cpu"] = time.perf_counter() - w0, cpu_seconds() - c0
+    s1, k1 = cpu_seconds()
+    out["wall"], out["cpu_self"], out["cpu_children"] = time.perf_counter() - w0, s1 - s0, k1 - k0
+    out["cpu"] = out["cpu_self"] + out["cpu_children"]
 
 
 @contextlib.contextmanager
@@ -260,7 +263,9 @@ def bench_store(data: dict[str, KaldiDir], out: Path, workers: int, ref_files: i
             r[label] = m
         r["ref_files"], r["ref_hours"] = len(ref_paths), samples / SR / 3600
         results[fmt] = r
-        print(f"  -- {fmt}: {n} files, {r['hours']:.2f} h of audio")
+        child = r["ssrl_1"]["cpu_children"] / r["ssrl_1"]["cpu"]
+        print(f"  -- {fmt}: {n} files, {r['hours']:.2f} h of audio; {child:.0%} of the "
+              "store's CPU time is in ffmpeg processes")
         print(row("ssrl, 1 thread", r["ssrl_1"], n, "files"))
         print(row(f"ssrl, {workers} threads", r[f"ssrl_{workers}"], n, "files"))
         print(row("reference, 1 process", r["reference_1"], len(ref_paths), "files"))
