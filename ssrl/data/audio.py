@@ -124,7 +124,7 @@ def _checked(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.nd
 
 
 #: Files one ffmpeg process decodes in `load_audio_many`: starting imageio-ffmpeg's static
-#: binary costs about as much CPU as decoding a whole VoxCeleb2 utterance (docs/benchmarks.md).
+#: binary costs more CPU than decoding a whole VoxCeleb2 utterance (docs/benchmarks.md).
 FFMPEG_BATCH = 32
 
 
@@ -144,7 +144,8 @@ def _decode_ffmpeg_batch(paths: Sequence[Path], sample_rate: int) -> list[np.nda
             # and is then decoded alone, where ffmpeg picks one as `_decode_ffmpeg` does
             cmd += ["-map", f"{i}:a", "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1",
                     "-ar", str(sample_rate), str(out)]
-        if subprocess.run(cmd, capture_output=True, check=False).returncode != 0:
+        failed = subprocess.run(cmd, capture_output=True, check=False).returncode != 0
+        if failed or not all(out.is_file() for out in outs):
             return None
         return [(np.fromfile(out, dtype="<i2").astype(np.float32) / 32768.0)[:, None]
                 for out in outs]
