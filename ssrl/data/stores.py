@@ -135,9 +135,9 @@ class _ShardWriter:
     exceed it alone: utterances are never split).
 
     Each shard is hashed once it is closed, on `hashers` threads, by reading it back (from the
-    page cache): hashing costs more than writing, and in the writing thread it would bound the
-    whole build however many threads decode (docs/benchmarks.md). Use as a context manager;
-    `finish()` waits for the checksums and returns the shard list of meta.json."""
+    page cache): hashing costs more than writing (docs/benchmarks.md), and in the writing
+    thread it would add to the build's one serial part. Use as a context manager; `finish()`
+    waits for the checksums and returns the shard list of meta.json."""
 
     def __init__(self, folder: Path, shard_bytes: int, hashers: int = 1) -> None:
         self.folder, self.shard_bytes = folder, shard_bytes
