@@ -7,9 +7,11 @@ What is measured (all on synthetic data; it is the throughput that counts, not t
   take seconds to lay out: disk reads are not measured) is indexed by `prepare_voxceleb` and
   stored by `build_wave_store`, against the store's previous decoding paths (one ffmpeg
   process per m4a file in one process; a process pool) measured in the same run;
-- the training input pipeline (SSRL views: 2 s augmented + 6 s clean crops; `CropBatches`
-  then the log-mel `Frontend`) against a per-utterance reference of the usual kind
-  (soundfile read -> numpy noise / scipy reverberation -> torchaudio's Kaldi fbank);
+- the training input pipeline (SSRL views: 2 s augmented + 6 s clean crops; DINO views:
+  2 x 4 s + 4 x 2 s augmented; `CropBatches` then the log-mel `Frontend`), also drawing the
+  augmentation plans only (the GPU path's CPU share), against a per-utterance reference of
+  the usual kind (soundfile read -> numpy noise / scipy reverberation -> torchaudio's Kaldi
+  fbank);
 - the per-utterance SSRL state (labels, label queue, recorded losses, p_clean) at 1.09 M
   utterances, and the end-of-epoch work on it;
 - k-means 1.09 M x 512 -> 8000 on CPU: `ssrl.training.clustering.kmeans` against
@@ -18,7 +20,9 @@ What is measured (all on synthetic data; it is the throughput that counts, not t
   intervals at the sizes of VoxCeleb1-E and -H.
 Per-core figures come from CPU time (this process and its reaped children, e.g. ffmpeg), which
 a shared machine disturbs far less than wall time; parts meant to run on one core run with one
-thread. The projection assumes linear scaling in cores (stated where a part cannot scale).
+thread. The projection assumes linear scaling in cores (stated where a part cannot scale);
+GPU rows assume 30 % of 989 bf16 TFLOP/s on the encoder's FLOPs (the issue's goal, not a
+measurement).
 
 Run from the repo root:  python bench/scale.py [--smoke] [--json results.json]
 """
