@@ -12,9 +12,9 @@
 #              6 s clean crops, global batch 480 as ONE step (the training loop has no
 #              micro-batching, and batch 480 fits one H100/H200), K = 8000; DINO batch 240;
 #              fp32 against bf16 autocast; 8 loader workers; MFU against 989 TFLOP/s
-#   compile    the same SSRL step, bf16 + torch.compile
 #   kmeans     GPU k-means 1,092,009 x 512 -> 8000 (bench/cluster.py --skip-cpu), checked
 #              against a CPU assignment to the same centroids
+#   compile    the same SSRL step, bf16 + torch.compile
 #   dataload   bench/dataload.py: the input pipeline with CPU vs GPU batch augmentation
 #   workflow   the smoke workflow (config/smoke.yaml) on the GPU, in a copy under OUT_DIR
 # Writes OUT_DIR/<part>.log, OUT_DIR/summary.md and OUT_DIR/summary.json (bench/gpu_summary.py)
@@ -100,20 +100,21 @@ workflow() {  # the smoke workflow in a copy of the workflow files under OUT/wor
     cd "$dir" && "$BIN/snakemake" --cores all --configfile config/smoke.yaml "$@"
 }
 
+# In order of priority: the parts with goals first; later parts get what time is left.
 run_part env 20 env_report
-run_part gpu_tests 60 "$PY" -m pytest -rs -p no:cacheprovider tests/test_augment.py
+run_part gpu_tests 45 "$PY" -m pytest -rs -p no:cacheprovider tests/test_augment.py
 if [[ $MODE == gpu ]]; then
-    run_part train 110 "$PY" bench/train_step.py --workers 8 --steps 5 --warmup 2
-    run_part compile 150 "$PY" bench/train_step.py --workers 8 --steps 5 --warmup 3 \
+    run_part train 100 "$PY" bench/train_step.py --workers 8 --steps 5 --warmup 2
+    run_part kmeans 75 "$PY" bench/cluster.py --skip-cpu --max-iter 30 --sk-n 20000
+    run_part compile 120 "$PY" bench/train_step.py --workers 8 --steps 5 --warmup 3 \
         --compile --skip-dino
-    run_part kmeans 90 "$PY" bench/cluster.py --skip-cpu --max-iter 30 --sk-n 20000
-    run_part dataload 60 "$PY" bench/dataload.py --workers 8
+    run_part dataload 50 "$PY" bench/dataload.py --workers 8
     run_part workflow 150 workflow
 else
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     run_part train 60 "$PY" bench/train_step.py --smoke --device cpu
-    skip_part compile "CPU smoke: torch.compile on a CPU takes minutes (docs/benchmarks.md)"
     run_part kmeans 30 "$PY" bench/cluster.py --smoke
+    skip_part compile "CPU smoke: torch.compile on a CPU takes minutes (docs/benchmarks.md)"
     run_part dataload 60 "$PY" bench/dataload.py --smoke --device cpu
     run_part workflow 60 workflow --dry-run
 fi

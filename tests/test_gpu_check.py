@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import gpu_summary  # noqa: E402
 import train_step  # noqa: E402
 
-PARTS = ["env", "gpu_tests", "train", "compile", "kmeans", "dataload", "workflow"]
+PARTS = ["env", "gpu_tests", "train", "kmeans", "compile", "dataload", "workflow"]
 
 
 def test_cpu_smoke_writes_one_summary(tmp_path: Path):
