@@ -52,15 +52,17 @@ def synthetic_store(folder: Path, n_utts: int, rng: np.random.Generator) -> Wave
     return WaveStore(folder / "store")
 
 
-def synthetic_augmenter(rng: np.random.Generator) -> Augmenter:
-    """Random noise / music / babble sources and decaying-noise RIRs (in memory)."""
+def synthetic_augmenter(rng: np.random.Generator, cls: type[Augmenter] = Augmenter
+                        ) -> Augmenter:
+    """Random noise / music / babble sources and decaying-noise RIRs (in memory), as an
+    Augmenter (or a subclass `cls`) drawing as the SSRL defaults do."""
     cats = ["noise", "music", "speech"] * 4
     noise = ArraySource([(rng.standard_normal(5 * SR) * 0.1).astype(np.float32) for _ in cats],
                         cats)
     decay = np.exp(-np.arange(SR // 4) / (0.05 * SR))
     rirs = ArraySource([(rng.standard_normal(len(decay)) * decay).astype(np.float32)
                         for _ in range(4)])
-    return Augmenter(noise, rirs, p_reverb=1 / 3, p_noise=1 / 3)
+    return cls(noise, rirs, p_reverb=1 / 3, p_noise=1 / 3)
 
 
 def time_epoch(batches: CropBatches, device: torch.device) -> float:

@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--on-bad", choices=["error", "skip"], default="error")
     s.add_argument("--min-seconds", type=float, default=0.5)
-    s.add_argument("--workers", type=int, default=0, help="decoding processes (0: in-process)")
+    s.add_argument("--workers", type=int, default=0,
+                   help="decoding threads (0 or 1: in the main thread); the store is the same")
     s = add("feature-store", cmd_feature_store, "precompute log-mel features of a wave store",
             "optional")
     s.add_argument("--store", required=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import ssrl.data.audio
 import ssrl.data.stores
+from ssrl.data.audio import AudioError, load_audio, load_audio_many
 from ssrl.data.kaldi import read_kaldi_dir
 from ssrl.data.stores import FeatStore, WaveStore, build_feat_store, build_wave_store
 from ssrl.files import InputError
@@ -124,7 +127,7 @@ def test_missing_or_corrupt_index(data_dir: Path, tmp_path: Path) -> None:
 def test_failure_mid_build_leaves_nothing(data_dir: Path, tmp_path: Path,
                                           monkeypatch) -> None:
     calls = []
-    real = ssrl.data.stores.load_audio
+    real = ssrl.data.audio.load_audio
 
     def flaky(path, sample_rate=16000):
         calls.append(path)
@@ -132,7 +135,7 @@ def test_failure_mid_build_leaves_nothing(data_dir: Path, tmp_path: Path,
             raise RuntimeError("disk on fire")
         return real(path, sample_rate)
 
-    monkeypatch.setattr(ssrl.data.stores, "load_audio", flaky)
+    monkeypatch.setattr(ssrl.data.audio, "load_audio", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_wave_store(read_kaldi_dir(data_dir), tmp_path / "out" / "store", progress=False)
     assert list((tmp_path / "out").iterdir()) == []
@@ -224,3 +227,91 @@ def test_store_pickles_without_open_maps(data_dir: Path, tmp_path: Path) -> None
     copy = pickle.loads(pickle.dumps(store))
     assert copy._maps._maps == {}
     np.testing.assert_array_equal(copy.wave(0), first)
+
+
+# --- decoding many files: batched ffmpeg processes and decoding threads ----------------------
+
+@pytest.fixture
+def mixed_dir(tmp_path: Path, make_wav, make_m4a) -> Path:
+    """m4a (one at 44.1 kHz), wav, a corrupt m4a and a too-short wav, in that mixed order."""
+    d = tmp_path / "mixed"
+    lines = []
+    for k in range(7):
+        make_m4a(d / f"m{k}.m4a", seconds=0.6 + 0.1 * k, freq=200.0 + 50 * k,
+                 sr=44100 if k == 3 else 16000)
+        lines.append(f"m{k} m{k}.m4a\n")
+        if k % 3 == 0:
+            make_wav(d / f"w{k}.wav", 0.8, seed=k)
+            lines.append(f"w{k} w{k}.wav\n")
+    (d / "bad.m4a").write_bytes(b"not an mp4 file" * 50)
+    make_wav(d / "short.wav", 0.2, seed=9)
+    lines[4:4] = ["bad bad.m4a\n", "short short.wav\n"]
+    (d / "wav.scp").write_text("".join(lines))
+    return d
+
+
+def test_batched_ffmpeg_decoding_equals_one_by_one(mixed_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ssrl.data.audio, "FFMPEG_BATCH", 3)
+    paths = [mixed_dir / line.split()[1] for line in (mixed_dir / "wav.scp").read_text()
+             .splitlines()] + [mixed_dir / "missing.m4a"]
+    batches = []
+    real = ssrl.data.audio._decode_ffmpeg_batch
+
+    def spy(files, sample_rate):
+        batches.append((len(files), real(files, sample_rate) is not None))
+        return real(files, sample_rate)
+
+    monkeypatch.setattr(ssrl.data.audio, "_decode_ffmpeg_batch", spy)
+    many = load_audio_many(paths)
+    # 8 existing m4a files in batches of 3; the batch holding the corrupt file fails as a whole
+    assert batches == [(3, True), (3, False), (2, True)]
+    for path, got in zip(paths, many):
+        try:
+            expected = load_audio(path)
+        except AudioError as err:
+            assert isinstance(got, AudioError) and str(got) == str(err)
+            continue
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
+    assert str(many[4]).startswith(f"{mixed_dir / 'bad.m4a'}: cannot decode audio")
+    assert str(many[-1]) == f"{mixed_dir / 'missing.m4a'}: audio file not found"
+
+
+def _store_content(folder: Path) -> dict:
+    meta = json.loads((folder / "meta.json").read_text())
+    with np.load(folder / "index.npz") as index:
+        arrays = {k: index[k].tolist() for k in index.files}
+    return {"shards": meta["shards"], "report": meta["report"], "index": arrays,
+            "bytes": [(folder / s["file"]).read_bytes() for s in meta["shards"]]}
+
+
+def test_store_is_identical_whatever_the_workers(mixed_dir: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    monkeypatch.setattr(ssrl.data.audio, "FFMPEG_BATCH", 2)
+    monkeypatch.setattr(ssrl.data.stores, "DECODE_CHUNK", 3)
+    contents = []
+    for workers in (0, 1, 4):
+        out = tmp_path / f"store{workers}"
+        build_wave_store(read_kaldi_dir(mixed_dir), out, on_bad="skip", shard_bytes=40000,
+                         progress=False, workers=workers)
+        contents.append(_store_content(out))
+    assert contents[0] == contents[1] == contents[2]
+    report = contents[0]["report"]
+    assert report["n_utts"] == 10 and [s["utt"] for s in report["skipped"]] == ["bad", "short"]
+    assert len(contents[0]["shards"]) > 2  # several shards, filled in wav.scp order
+    store = WaveStore(tmp_path / "store4", verify=True)
+    np.testing.assert_array_equal(store.full(store.index_of("m3")),
+                                  np.rint(load_audio(mixed_dir / "m3.m4a") * 32768) / 32768)
+
+
+def test_bad_file_stops_the_decoding_threads(mixed_dir: Path, tmp_path: Path,
+                                             monkeypatch) -> None:
+    monkeypatch.setattr(ssrl.data.stores, "DECODE_CHUNK", 2)
+    before = threading.active_count()
+    with pytest.raises(InputError) as err:
+        build_wave_store(read_kaldi_dir(mixed_dir), tmp_path / "store", progress=False,
+                         workers=3)
+    assert str(err.value).startswith(f"{mixed_dir / 'wav.scp'}:5: {mixed_dir / 'bad.m4a'}: "
+                                     "cannot decode audio")
+    assert not (tmp_path / "store").exists()
+    assert threading.active_count() == before

@@ -12,6 +12,8 @@ import math
 import os
 import struct
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +101,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             raise AudioError(path, f"cannot decode audio ({err})") from None
+    return _checked(path, data, rate, sample_rate)
 
+
+def _checked(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Decoded samples `[frames, channels]` at `rate` -> the checked mono wave of load_audio."""
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
     if not np.isfinite(data).all():
@@ -115,3 +121,58 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         g = math.gcd(int(rate), int(sample_rate))
         wave = resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
     return wave
+
+
+#: Files one ffmpeg process decodes in `load_audio_many`: starting imageio-ffmpeg's static
+#: binary costs more CPU than decoding a whole VoxCeleb2 utterance (docs/benchmarks.md).
+FFMPEG_BATCH = 32
+
+
+def _decode_ffmpeg_batch(paths: Sequence[Path], sample_rate: int) -> list[np.ndarray] | None:
+    """Decode several files in one ffmpeg process, each to its own raw mono s16le output (the
+    same conversion as `_decode_ffmpeg`). None when ffmpeg reports any error (`-xerror`: a
+    decoding error stops it), so that the caller decodes the files one by one instead."""
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory(prefix="ssrl-ffmpeg-") as tmp:
+        outs = [Path(tmp) / f"{i}.raw" for i in range(len(paths))]
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-xerror", "-y"]
+        for path in paths:
+            cmd += ["-i", str(path)]
+        for i, out in enumerate(outs):
+            # every audio stream of input i: a file with several fails here (s16le holds one),
+            # and is then decoded alone, where ffmpeg picks one as `_decode_ffmpeg` does
+            cmd += ["-map", f"{i}:a", "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1",
+                    "-ar", str(sample_rate), str(out)]
+        failed = subprocess.run(cmd, capture_output=True, check=False).returncode != 0
+        if failed or not all(out.is_file() for out in outs):
+            return None
+        return [(np.fromfile(out, dtype="<i2").astype(np.float32) / 32768.0)[:, None]
+                for out in outs]
+
+
+def load_audio_many(paths: Sequence[str | os.PathLike],
+                    sample_rate: int = SAMPLE_RATE) -> list[np.ndarray | AudioError]:
+    """`load_audio` of each path, in order, with each file's `AudioError` returned in place of
+    its wave. Files ffmpeg decodes (m4a) share one ffmpeg process per `FFMPEG_BATCH` files;
+    when that process fails they are decoded one by one, so every result, error included, is
+    the one `load_audio` gives for that file alone."""
+    paths = [Path(p) for p in paths]
+    results: list[np.ndarray | AudioError | None] = [None] * len(paths)
+    batch = [i for i, p in enumerate(paths) if p.suffix.lower() in FFMPEG_SUFFIXES
+             and p.is_file()]
+    parts = [batch[s:s + FFMPEG_BATCH] for s in range(0, len(batch), FFMPEG_BATCH)]
+    for part in parts if len(batch) > 1 else []:  # a lone file gains nothing from a batch
+        decoded = _decode_ffmpeg_batch([paths[i] for i in part], sample_rate)
+        for i, data in zip(part, decoded or []):
+            try:
+                results[i] = _checked(paths[i], data, sample_rate, sample_rate)
+            except AudioError as err:
+                results[i] = err
+    for i, path in enumerate(paths):
+        if results[i] is None:
+            try:
+                results[i] = load_audio(path, sample_rate)
+            except AudioError as err:
+                results[i] = err
+    return results  # type: ignore[return-value]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 import os
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssrl.data.audio import SAMPLE_RATE, AudioError, load_audio
+from ssrl.data.audio import FFMPEG_BATCH, SAMPLE_RATE, AudioError, load_audio, load_audio_many
 from ssrl.data.kaldi import KaldiDir, read_kaldi_dir, read_trials, trial_rows
 from ssrl.files import InputError, atomic_dir, read_json, save_npz, write_json, write_table
 
@@ -79,53 +81,107 @@ def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
                 disable=not (enabled and progress_bars()))
 
 
-def _decode(path: Path) -> tuple[np.ndarray | None, str]:
-    """load_audio for a worker process: (wave, "") or (None, reason); AudioError won't pickle."""
-    try:
-        return load_audio(path, SAMPLE_RATE), ""
-    except AudioError as err:
-        return None, err.reason
+#: Utterances one decoding task handles (one ffmpeg process for m4a, see `load_audio_many`).
+#: Fixed, so the tasks and hence the store do not depend on the number of workers.
+DECODE_CHUNK = FFMPEG_BATCH
 
 
-def _decoded(paths: list[Path], workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    """Decode `paths` in order, in `workers` processes (0: in this process)."""
-    if workers <= 0:
-        yield from map(_decode, paths)
+@dataclass
+class _Decoded:
+    """One utterance as the store keeps it: int16 samples, or why there are none."""
+
+    pcm: np.ndarray | None
+    reason: str = ""
+    rescaled: bool = False  # float audio beyond [-1, 1], scaled down to fit
+
+
+def _decode_chunk(paths: list[Path]) -> list[_Decoded]:
+    """Decode `paths` and quantise them to int16 (the CPU work of a decoding thread)."""
+    out = []
+    for wave in load_audio_many(paths, SAMPLE_RATE):
+        if isinstance(wave, AudioError):
+            out.append(_Decoded(None, wave.reason))
+            continue
+        wave, scaled = _fit_int16(wave)
+        out.append(_Decoded(_to_int16(wave), rescaled=scaled))
+    return out
+
+
+def _decoded(paths: list[Path], workers: int) -> Iterator[_Decoded]:
+    """Decode `paths` in order, in chunks of DECODE_CHUNK, on `workers` threads (0 or 1: in
+    this thread).
+
+    Threads, not processes: the decoding itself runs in ffmpeg processes (m4a) or in
+    libsndfile and numpy, which release the GIL, so threads scale with cores without copying
+    every wave between processes (a process pool was slower than one process, see
+    docs/benchmarks.md). At most 2 x `workers` chunks are decoded ahead of the writer."""
+    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    if workers <= 1:
+        for chunk in chunks:
+            yield from _decode_chunk(chunk)
         return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap(_decode, paths, chunksize=8)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ssrl-decode")
+    try:
+        ahead: deque[Future[list[_Decoded]]] = deque()
+        for chunk in chunks:
+            ahead.append(pool.submit(_decode_chunk, chunk))
+            if len(ahead) > 2 * workers:
+                yield from ahead.popleft().result()
+        while ahead:
+            yield from ahead.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # leaving early: drop what is queued
 
 
 class _ShardWriter:
     """Appends int16 utterances to shard files of at most `shard_bytes` (one utterance may
-    exceed it alone: utterances are never split), hashing each shard as it is written."""
+    exceed it alone: utterances are never split).
 
-    def __init__(self, folder: Path, shard_bytes: int) -> None:
+    Each shard is hashed once it is closed, on `hashers` threads, by reading it back (from the
+    page cache): hashing costs more than writing (docs/benchmarks.md), and in the writing
+    thread it would add to the build's one serial part. Use as a context manager; `finish()`
+    waits for the checksums and returns the shard list of meta.json."""
+
+    def __init__(self, folder: Path, shard_bytes: int, hashers: int = 1) -> None:
         self.folder, self.shard_bytes = folder, shard_bytes
-        self.shards: list[dict[str, Any]] = []
+        self._names: list[str] = []
+        self._sizes: list[int] = []  # samples per closed shard
+        self._digests: list[Future[str]] = []
+        self._hashing = ThreadPoolExecutor(max(hashers, 1), thread_name_prefix="ssrl-hash")
         self._file: BinaryIO | None = None
-        self._digest = hashlib.sha256()
         self._filled = 0  # samples in the current shard
 
-    def add(self, pcm: np.ndarray) -> tuple[int, int]:
-        """Write `pcm`; return (shard number, offset in samples)."""
-        if self._file is None or (self._filled + len(pcm)) * 2 > self.shard_bytes:
-            self.close()
-            name = f"shards/{len(self.shards):05d}.bin"
-            self.shards.append({"file": name})
-            self._file = open(self.folder / name, "wb")  # noqa: SIM115 - closed in close()
-            self._digest, self._filled = hashlib.sha256(), 0
-        raw = pcm.tobytes()
-        self._file.write(raw)
-        self._digest.update(raw)
-        offset, self._filled = self._filled, self._filled + len(pcm)
-        return len(self.shards) - 1, offset
+    def __enter__(self) -> _ShardWriter:
+        return self
 
-    def close(self) -> None:
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._hashing.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, pcm: np.ndarray) -> tuple[int, int]:
+        """Write `pcm` (int16); return (shard number, offset in samples)."""
+        if self._file is None or (self._filled + len(pcm)) * 2 > self.shard_bytes:
+            self._close_shard()
+            self._names.append(f"shards/{len(self._names):05d}.bin")
+            self._file = open(self.folder / self._names[-1], "wb")  # noqa: SIM115 - see _close_shard
+        self._file.write(np.ascontiguousarray(pcm, dtype="<i2"))
+        offset, self._filled = self._filled, self._filled + len(pcm)
+        return len(self._names) - 1, offset
+
+    def _close_shard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self.shards[-1].update(sha256=self._digest.hexdigest(), n_samples=self._filled)
+            self._sizes.append(self._filled)
+            self._digests.append(self._hashing.submit(_sha256, self.folder / self._names[-1]))
+            self._filled = 0
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close the last shard; every shard's file, sha256 and number of samples."""
+        self._close_shard()
+        return [{"file": name, "sha256": digest.result(), "n_samples": size}
+                for name, digest, size in zip(self._names, self._digests, self._sizes)]
 
 
 def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "error",
@@ -137,8 +193,8 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
     an InputError naming its wav.scp line and audio file when `on_bad="error"`; with "skip" it is
     left out and listed in report["skipped"], and trials naming it are dropped (and counted).
     Trial lists are copied into the store (`trials/<name>`) so it is self-contained.
-    `workers` > 0 decodes in that many processes (worth it for VoxCeleb2's m4a files, each
-    of which costs an ffmpeg process); the store is identical either way.
+    `workers` > 1 decodes on that many threads (see `_decoded`); the store is byte-identical
+    whatever the number.
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', not {on_bad!r}")
@@ -153,34 +209,32 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
     skipped: list[dict[str, str]] = []
     rescaled: list[str] = []
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _ShardWriter(tmp, shard_bytes, workers) as writer:
         (tmp / "shards").mkdir()
-        writer = _ShardWriter(tmp, shard_bytes)
         waves = _decoded(paths, workers)
         decoded = _progress(waves, len(paths), f"store {out.name}", progress)
         try:
-            for utt, wav, (wave, reason) in zip(utts, paths, decoded):
-                if wave is not None and len(wave) < min_samples:
-                    wave, reason = None, (f"too short ({len(wave) / SAMPLE_RATE:.3f} s < "
-                                          f"min_seconds {min_seconds:g} s)")
-                if wave is None:
+            for utt, wav, item in zip(utts, paths, decoded):
+                pcm, reason = item.pcm, item.reason
+                if pcm is not None and len(pcm) < min_samples:
+                    pcm, reason = None, (f"too short ({len(pcm) / SAMPLE_RATE:.3f} s < "
+                                         f"min_seconds {min_seconds:g} s)")
+                if pcm is None:
                     if on_bad == "error":
                         raise InputError(f"{data.where(utt)}: {wav}: {reason}")
                     skipped.append({"utt": utt, "path": str(wav), "reason": reason})
                     continue
-                wave, scaled = _fit_int16(wave)
-                if scaled:
+                if item.rescaled:
                     rescaled.append(utt)
-                pcm = _to_int16(wave)
                 shard, offset = writer.add(pcm)
                 utt_ids.append(utt)
                 shard_of.append(shard)
                 offsets.append(offset)
                 lengths.append(len(pcm))
         finally:
-            writer.close()
             decoded.close()
-            waves.close()  # stops the worker pool when leaving early
+            waves.close()  # stops the decoding threads when leaving early
+        shards = writer.finish()
 
         if rescaled:
             log.warning("%s: %d utterance(s) had samples beyond [-1, 1] (float audio) and were "
@@ -218,7 +272,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
             "sample_rate": SAMPLE_RATE,
             "n_utts": len(utt_ids),
             "total_samples": int(sum(lengths)),
-            "shards": writer.shards,
+            "shards": shards,
             "trials": trials_meta,
             "report": report,
         }

@@ -29,11 +29,12 @@ rule wave_store:
         directory(f"{R}/store/{{set}}"),
     wildcard_constraints:
         set="train|dev|test|noise|rir",
+    threads: config["data"]["workers"]
     log:
         f"{LOGS}/wave_store_{{set}}.log",
     shell:
         "python -m ssrl wave-store --job {input.cfg:q} --data {input.data:q}"
-        " --out {output:q} 2>&1 | tee {log:q}"
+        " --workers {threads:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule feature_store:
