@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from scipy.fft import next_fast_len
 from scipy.signal import fftconvolve
 
 from ssrl.data.audio import SAMPLE_RATE
@@ -43,7 +44,7 @@ from ssrl.data.kaldi import make_trials
 from ssrl.files import InputError, atomic_dir, write_json, write_table
 
 #: Bumped whenever the generator's output changes for the same spec.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _N_FFT = 512
 _HOP = 128
@@ -512,10 +513,11 @@ def synth_rir(rng: np.random.Generator, rt60: float, drr_db: float = 3.0) -> np.
 
 def _coloured_noise(rng: np.random.Generator, n: int, slope_db_oct: float) -> np.ndarray:
     """Stationary noise whose spectrum falls (or rises) by `slope_db_oct` dB per octave."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    m = next_fast_len(n, real=True)  # draw a little more noise: FFTs of awkward lengths are slow
+    spec = np.fft.rfft(rng.standard_normal(m))
+    f = np.fft.rfftfreq(m, 1.0 / SAMPLE_RATE)
     spec *= 10 ** (slope_db_oct * np.log2(np.maximum(f, 50.0) / 1000.0) / 20)
-    x = np.fft.irfft(spec, n=n)
+    x = np.fft.irfft(spec, n=m)[:n]
     return x / max(float(np.std(x)), 1e-12)
 
 
@@ -595,8 +597,9 @@ def apply_channel(x: np.ndarray, ch: Channel, rir: np.ndarray | None,
     p_sig = np.mean(y ** 2)
     noise *= np.sqrt(p_sig / max(float(np.mean(noise ** 2)), 1e-12) / 10 ** (snr / 10))
     y = y + noise
-    spec = np.fft.rfft(y) * _band_response(n, ch.lo, ch.hi, ch.bells, ch.tilt)
-    return np.fft.irfft(spec, n=n)
+    m = next_fast_len(n, real=True)  # zero padding: a fast FFT length, less wrap-around
+    spec = np.fft.rfft(y, n=m) * _band_response(m, ch.lo, ch.hi, ch.bells, ch.tilt)
+    return np.fft.irfft(spec, n=m)[:n]
 
 
 def synth_noise(rng: np.random.Generator, duration: float) -> np.ndarray:
