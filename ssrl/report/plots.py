@@ -133,7 +133,7 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
                 xs.append(spent)
                 ys.append(nmi)
         if xs:
-            axes[1].plot(xs, ys, "ks^v"[i % 4], ms=5, ls=":", color="0.2",
+            axes[1].plot(xs, ys, marker="os^v"[i % 4], ms=5, ls=":", color="0.2",
                          label=f"iterative rounds, {epochs} epochs each (NMI of the "
                                "clustering each trained on)")
     dino = next((g for g in groups.values() if g.kind == "dino"), None)
