@@ -1,6 +1,12 @@
 """SSRL under `torchrun` with 2 gloo processes on CPU: every process must hold the same
 per-utterance state (labels, queue, p_clean, active clusters) and the same student weights,
-and the result must match a single-process run over the same global batches."""
+and the result must match a single-process run over the same global batches.
+
+gloo has no SyncBatchNorm, so on CPU each process normalises its half of the batch with its own
+statistics; through Adam (whose first steps move every weight by about the learning rate,
+whatever the gradient's size) that alone decorrelates the 1- and 2-process weights. Both runs
+here therefore freeze BatchNorm to its running statistics: what remains to compare is exactly
+what DDP must get right (data split, gradient averaging, gathered labels, queue, GMM)."""
 
 from __future__ import annotations
 
@@ -36,7 +42,13 @@ def save_every_rank(self, state):
     _save(self, state)
 
 
+def frozen_batch_norm(self, x):
+    return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                          self.bias, False, 0.0, self.eps)
+
+
 ssrl.training.checkpoints.Checkpoints.save = save_every_rank
+torch.nn.modules.batchnorm._BatchNorm.forward = frozen_batch_norm
 sys.exit(main(sys.argv[2:]))
 """
 PER_UTT = ("labels", "p_clean", "active", "recorded_label", "recorded_loss")
@@ -99,29 +111,25 @@ def test_every_rank_holds_the_same_state(runs):
     assert last["labels"].shape == (16,) and (last["p_clean"] < 1).any()  # the GMM ran
 
 
-def test_two_processes_match_one_over_the_same_global_batches(runs):
+def test_two_processes_match_one_over_the_same_global_batches(runs, smoke_run):
     two, dumps, one, dumps1 = runs
     with np.load(two / "labels.npz") as a, np.load(one / "labels.npz") as b:
         assert np.array_equal(a["labels"], b["labels"])
     c2, c1 = load(dumps / "rank0_e3_s0.pt"), load(dumps1 / "rank0_e3_s0.pt")
     assert torch.equal(c2["labels"], c1["labels"]) and torch.equal(c2["active"], c1["active"])
-    # On CPU BatchNorm is per process (no SyncBatchNorm there), so the teachers' losses differ
-    # a little, and on 16 utterances the GMM's posterior is so steep that one may flip sides.
-    flipped = ((c2["p_clean"] > 0.5) != (c1["p_clean"] > 0.5)).sum().item()
-    assert flipped <= 2, (c2["p_clean"], c1["p_clean"])
+    assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=1e-3), (c2["p_clean"], c1["p_clean"])
     e2, e1 = load(two / "model.pt")["encoder"], load(one / "model.pt")["encoder"]
     assert list(e2) == list(e1)
-    # Weights only: BatchNorm running statistics come from half a batch per process on CPU
-    # (rank 0's are broadcast), so they legitimately differ. With SyncBatchNorm (CUDA) the
-    # weights would agree to ~1e-5; per-process BatchNorm moves them by ~2e-4 in this run.
-    params = [k for k in e1 if "running_" not in k and "num_batches" not in k]
-    worst = max((e2[k] - e1[k]).abs().max().item() for k in params)
-    assert worst < 1e-3
+    # Summation order differs (two halves vs one batch); Adam turns that into a full step for
+    # the few weights whose gradient is ~0, so compare the updates as a whole, and mostly
+    # weight by weight. (Per-process BatchNorm gives cosine ~0.5 and thousands apart.)
+    e0 = load(smoke_run.results / "seed0/dino/model.pt")["encoder"]
+    u2, u1 = (torch.cat([(e[k] - e0[k]).flatten() for k in e1]) for e in (e2, e1))
+    assert torch.nn.functional.cosine_similarity(u2, u1, dim=0) > 0.9999
+    assert ((u2 - u1).abs() > 1e-5).float().mean() < 0.01
     h2, h1 = (json.loads((d / "history.json").read_text()) for d in (two, one))
     assert [r["n_clusters"] for r in h2] == [r["n_clusters"] for r in h1]
-    # The logged loss is computed with each process's half-batch BatchNorm statistics in
-    # training mode, so it differs more than the weights do (measured: up to 7 % here).
-    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=0.1)
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-4)
 
 
 def test_only_rank_0_writes_outputs_and_tracks(runs):

@@ -3,6 +3,7 @@ processes (`Dist`, the one source of a process's rank)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -41,6 +42,9 @@ def init_runtime(runtime: dict) -> tuple[torch.device, Dist]:
     cuda = torch.cuda.is_available() and want != "cpu"
     if dist_info.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        # Leave the group before the interpreter tears down: gloo's threads otherwise die
+        # joinable and abort the process ("terminate called without an active exception").
+        atexit.register(_leave_group)
     if cuda:
         device = torch.device(want if want.startswith("cuda:") else f"cuda:{dist_info.local_rank}")
         torch.cuda.set_device(device)
@@ -49,6 +53,11 @@ def init_runtime(runtime: dict) -> tuple[torch.device, Dist]:
     else:
         device = torch.device("cpu")
     return device, dist_info
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def maybe_compile(runtime: dict, *encoders: nn.Module) -> None:
