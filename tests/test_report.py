@@ -168,6 +168,9 @@ def test_paired_comparisons_and_gap_closed(tree):
     row = rows[("SSRL − DINO", "eer")]
     assert float(row["delta"]) == pytest.approx(delta) and row["n_seeds"] == "2"
     assert row["excludes_zero"] == str(float(row["ci_high"]) < 0 or float(row["ci_low"]) > 0)
+    verdict = paired["SSRL − DINO"][-1]  # names the better side of the comparison
+    assert verdict == ("no" if row["excludes_zero"] == "False" else
+                       "yes: SSRL better" if delta < 0 else "yes: DINO better")
     gap = np.mean([100 * (d - s) / (d - t) for d, s, t in zip(m["dino"], m["ssrl/full"],
                                                             m["supervised"])])
     with open(root / "tables" / "main.csv") as f:
@@ -187,6 +190,7 @@ def test_crashed_variant_is_failed_not_hidden(tree):
     assert rows["no_nlm"][2] == "5" and rows["queue_1"][2] == "1"  # the switch column
     paired = md_rows(ablation.split("## Paired comparisons")[1])
     assert "no_nlm − full" in paired
+    assert paired["no_nlm − full"][-1] in ("no", "yes: no_nlm better", "yes: full better")
 
 
 def test_compute_columns_add_up_the_chain(tree):

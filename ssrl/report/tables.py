@@ -199,6 +199,7 @@ def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, Group]],
     md, flat = [], []
     for title, a, b in pairs:
         row: dict[str, Any] = {"comparison": title}
+        name_a, name_b = title.split(" − ", 1)  # as the row names them ("no_nlm", "full")
         for name in lists:
             diff = comp.paired(a, b, name)
             for metric in METRICS:
@@ -213,7 +214,7 @@ def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, Group]],
             eer = diff["eer"]
             row["EER difference significant" + (f" ({name})" if len(lists) > 1 else "")] = (
                 "–" if eer.excludes_zero is None else
-                ("yes: " + (a.label if eer.value < 0 else b.label) + " better")
+                ("yes: " + (name_a if eer.value < 0 else name_b) + " better")
                 if eer.excludes_zero else "no")
         md.append(row)
     return md, flat
