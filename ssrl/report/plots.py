@@ -19,7 +19,8 @@ from ssrl.report.results import Group, load_groups, trial_lists
 
 PANELS = (("n_clusters", "clusters"), ("nmi", "pseudo-label NMI"),
           ("dev/eer", "dev EER % (teacher)"), ("p_clean_mean", "mean p_clean"))
-DET_TICKS = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8])
+DET_TICKS = np.array([0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95,
+                      0.98, 0.995])  # to 99.5 %: weak systems' minDCF points sit near 100 % miss
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]):
@@ -29,17 +30,24 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
     return fig, fig.subplots(rows, cols, squeeze=False).ravel()
 
 
-def _save(fig, path: Path, legend_rows: int = 0) -> None:
+def _save(fig, path: Path, legend_rows: int = 0, ncol: int = 4) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     handles, labels = {}, []
     for ax in fig.axes:
+        if ax.get_xlabel().startswith("epoch"):  # epochs and cluster counts are whole numbers
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_ylabel() == "clusters":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
     if labels:
         fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
-                   ncol=min(len(labels), 4), fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.04 * max(legend_rows, -(-len(labels) // 4)), 1, 1))
+                   ncol=min(len(labels), ncol), fontsize="small", frameon=False)
+    rows = max(legend_rows, -(-len(labels) // ncol))
+    fig.tight_layout(rect=(0, 0.035 * rows, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 
@@ -95,7 +103,7 @@ def plot_dynamics(groups: dict[str, Group], path: Path) -> None:
             ax.plot(xs, ys, marker=".", lw=1.2, label=f"SSRL seed {m.row['seed']}")
         true_speakers = true_speakers or (m.quality or {}).get("n_classes")
     axes[0].set_ylabel("clusters")
-    axes[1].set_ylabel("pseudo-label NMI (true speakers, reporting only)")
+    axes[1].set_ylabel("pseudo-label NMI\n(true speakers; reporting only)")
     for ax in axes:
         ax.set_xlabel("epoch (0 = k-means start)")
         ax.grid(True, lw=0.3)
@@ -150,7 +158,7 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
 
 def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
     """DET curves (normal-deviate axes) with each system's minDCF operating points marked."""
-    fig, (ax,) = _figure(1, 1, (6, 6.5))
+    fig, (ax,) = _figure(1, 1, (7, 8))
     clip = 1e-5  # keep probits finite at rates of 0 and 1
     for name, (scores, labels) in curves.items():
         fpr, fnr = det_curve(scores, labels)
@@ -174,7 +182,7 @@ def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     ax.set_xlabel("false alarm rate (%)")
     ax.set_ylabel("miss rate (%)")
     ax.grid(True, lw=0.3)
-    _save(fig, Path(path), legend_rows=2)
+    _save(fig, Path(path), ncol=2)
 
 
 def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
