@@ -189,7 +189,7 @@ def test_injection_attempts_create_nothing(tmp_path):
     proc = subprocess.run(cmd, cwd=wf, env=ssrl_env(), capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 1  # the train folder does not exist
-    log = wf / "logs" / "smoke" / "prepare_data_train.log"
+    log = wf / f"rd{attack}" / "smoke" / "logs" / "prepare_data_train.log"
     assert "data folder not found" in log.read_text()
     assert not pwned.exists()
     assert (wf / f"rd{attack}" / "smoke" / "jobs" / "prepare" / "train.json").is_file()

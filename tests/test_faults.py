@@ -329,7 +329,7 @@ def test_crashing_variant_does_not_stop_the_others(smoke_run):
     log = crashed.stdout + crashed.stderr
     assert "Error in rule ssrl:" in log
     assert log.count("Error in rule") == 1
-    crash_log = (smoke_run.dir / "logs" / "smoke" / "seed0"
+    crash_log = (smoke_run.results / "logs" / "seed0"
                  / "ssrl_noisy_label_modeling~True_scale~1e+39.log")
     assert "loss is nan at epoch 0 step 0" in crash_log.read_text()
     assert not (smoke_run.results / "seed0/ssrl/noisy_label_modeling~True_scale~1e+39"

@@ -170,7 +170,7 @@ def test_mlflow_experiment_opens_on_training_runs_and_parents_summarise(runs, sm
 
 
 def test_log_lines_name_their_job_and_hide_faiss_noise(smoke_run):
-    logs = smoke_run.dir / "logs" / "smoke"
+    logs = smoke_run.results / "logs"
     cluster = (logs / "seed0" / "cluster_dino_k6.log").read_text()
     assert "swigfaiss" not in cluster and "ModuleNotFoundError" not in cluster
     ssrl = (logs / "seed0" / "ssrl_noisy_label_modeling~False_scale~32.0.log").read_text()

@@ -31,7 +31,7 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 EXP = config["experiment"]
 R = f"{config['results_dir']}/{EXP}"
-LOGS = f"logs/{EXP}"
+LOGS = f"{R}/logs"  # with the results they explain: two results_dir never share logs
 DATA = config["data"]
 SOURCE = DATA["source"]
 SEEDS = config["seeds"]
