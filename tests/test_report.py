@@ -212,3 +212,12 @@ def test_plots_written(tree):
 def test_plot_history_skips_missing_keys(tmp_path):
     plot_history([{"epoch": 1, "loss": 1.0, "seconds": 1.0}], tmp_path / "t.png", "x")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_page_escapes_and_renders_code_spans():
+    from ssrl.report.tables import html_page
+
+    intro = "`*`: the interval excludes 0 <always>"
+    page = html_page("t <1>", [("h", intro, ["c"], [{"c": 1.25}])])
+    assert "<p><code>*</code>: the interval excludes 0 &lt;always&gt;</p>" in page
+    assert "<title>t &lt;1&gt;</title>" in page and "`" not in page

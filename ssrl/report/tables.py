@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ def html_page(title: str, sections: list[tuple[str, str, list[str], list[dict]]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
     for heading, intro, columns, rows in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(intro)}</p>"
+        intro_html = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(intro))  # md code
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{intro_html}</p>"
                      + html_table(columns, rows))
     return "".join(parts) + "</body></html>\n"
 
