@@ -348,3 +348,30 @@ def test_artifacts_survive_moving_the_results_folder(tmp_path):
     got = client.download_artifacts(run_id, "table.md", str(tmp_path))
     assert Path(got).read_text() == "| a |\n"
     assert relocate_artifacts(new / "mlflow.db") == 0  # nothing moved since
+
+
+def test_mlflow_ui_serves_the_moved_store_without_mlflow_job_workers(tmp_path, monkeypatch):
+    """`python -m ssrl mlflow-ui` relocates the artifacts, then becomes `mlflow ui` on the
+    folder's store, with MLflow 3's GenAI job runner (eight ~280 MB workers) switched off."""
+    from ssrl.cli import main
+
+    old = tmp_path / "results"
+    with Tracker(f"sqlite:///{old / 'mlflow.db'}", "exp", "job", old / "job"):
+        pass
+    new = tmp_path / "moved"
+    old.rename(new)
+    called = {}
+
+    def fake_execve(path, argv, env):
+        called.update(path=path, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    with pytest.raises(SystemExit):
+        main(["mlflow-ui", "--results", str(new), "--port", "5123"])
+    assert called["argv"][1:4] == ["ui", "--backend-store-uri", f"sqlite:///{new / 'mlflow.db'}"]
+    assert called["argv"][-2:] == ["--port", "5123"]
+    assert called["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    client = mlflow.MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    assert client.get_experiment_by_name("exp").artifact_location.startswith(new.as_uri())
