@@ -97,13 +97,14 @@ def tree(tmp_path_factory, ) -> tuple[Path, dict]:
                     scores_dir=root / row["eval"], replicates=200, seed=0)
         if row["kind"] == "baseline":
             continue
-        history = [{"epoch": e, "loss": 3.0 - 0.1 * e, "n_clusters": 8 - (e > 2),
-                    "nmi": 0.5 + 0.05 * e, "p_clean_mean": 0.8, "seconds": 15.0}
+        seed = row["seed"]  # the seeds end in different places, so per-seed rows can differ
+        history = [{"epoch": e, "loss": 3.0 - 0.1 * e, "n_clusters": 8 - (e > 2) - seed,
+                    "nmi": 0.5 + 0.05 * e + 0.01 * seed, "p_clean_mean": 0.8, "seconds": 15.0}
                    for e in range(1, 5)]
         (root / row["dir"]).mkdir(parents=True, exist_ok=True)
         (root / row["history"]).write_text(json.dumps(history))
         (root / row["compute"]).write_text(json.dumps(
-            {"wall_seconds": 60.0 * (1 + (row["kind"] == "dino")), "epochs": 4,
+            {"wall_seconds": 60.0 * (1 + (row["kind"] == "dino")) + 6.0 * seed, "epochs": 4,
              "utterance_passes": 4.0}))
         if row.get("quality"):
             (root / row["quality"]).parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +152,22 @@ def test_seed_rows_give_mean_and_sd_and_csv_has_every_seed(tree):
     assert float(rows[2]["EER %"]) == pytest.approx(np.mean(eers))
     assert float(rows[2]["EER % CI low"]) < float(rows[2]["EER %"]) < float(
         rows[2]["EER % CI high"])
+
+
+def test_each_seed_row_has_its_own_labels_compute_and_gap(tree):
+    root, _ = tree
+    with open(root / "tables" / "main.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f) if r["key"] == "ssrl-full"}
+    assert [float(rows[s]["clusters"]) for s in ("0", "1", "mean")] == [7, 6, 6.5]
+    assert [float(rows[s]["NMI"]) for s in ("0", "1")] == pytest.approx([0.7, 0.71])
+    assert [float(rows[s]["stage min"]) for s in ("0", "1")] == pytest.approx([1.0, 1.1])
+    m = {k: _metrics(root, f"seed1/{k}")["eer"] for k in ("ssrl/full", "dino", "supervised")}
+    gap = 100 * (m["dino"] - m["ssrl/full"]) / (m["dino"] - m["supervised"])
+    assert float(rows["1"]["gap closed %"]) == pytest.approx(gap)
+    with open(root / "tables" / "ablation.csv") as f:
+        rows = {r["seed"]: r for r in csv.DictReader(f) if r["variant"] == "no_nlm"}
+    assert [float(rows[s]["clusters"]) for s in ("0", "1", "mean")] == [7, 6, 6.5]
+    assert rows["1"]["queue_len"] == "5"
 
 
 def test_paired_comparisons_and_gap_closed(tree):

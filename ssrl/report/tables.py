@@ -14,6 +14,7 @@ import html
 import io
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,20 +156,22 @@ def _metric_cells(comp: Comparisons, group: Group, lists: list[str]) -> dict[str
     return out
 
 
-def _csv_rows(comp: Comparisons, group: Group, lists: list[str], extra: dict) -> list[dict]:
-    """One CSV row per seed (and a `mean` row when there are several), intervals as columns."""
+def _csv_rows(comp: Comparisons, group: Group, lists: list[str],
+              extra_of: Callable[[Group], dict[str, Any]]) -> list[dict]:
+    """One CSV row per seed (and a `mean` row when there are several), intervals as columns;
+    `extra_of` gives the other columns (labels, compute, ...) of one seed or of the group."""
     rows = []
     for m in group.members:
         one = Group(group.key, group.label, group.kind, [m])
         row = {"system": group.label, "key": group.key, "seed": m.row["seed"],
                "uses_labels": m.row["uses_labels"], "status": "ok" if m.ok else "failed",
-               **{k: v for k, v in extra.items() if not isinstance(v, dict)}}
+               **extra_of(one)}
         _estimate_columns(row, comp, one, lists)
         rows.append(row)
     if len(group.members) > 1:
         row = {"system": group.label, "key": group.key, "seed": "mean",
                "uses_labels": group.row["uses_labels"],
-               "status": "ok" if group.ok else "failed", **extra}
+               "status": "ok" if group.ok else "failed", **extra_of(group)}
         _estimate_columns(row, comp, group, lists)
         rows.append(row)
     return rows
@@ -246,7 +249,8 @@ MAIN_INTRO = ("Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Bra
               "interval from a bootstrap over test speakers ({replicates} replicates); with "
               "several seeds: mean ± sd over seeds [interval of the mean]. NMI / clusters: "
               "pseudo labels at the end of training (DINO: its k-means; round r: the clustering "
-              "it trained on). Minutes are training wall time; cumulative = all stages that led "
+              "it trained on); NMI, clusters and minutes are means over seeds, the CSV has each "
+              "seed's. Minutes are training wall time; cumulative = all stages that led "
               "to the system (SSRL = DINO + SSRL, round r = DINO + rounds 1..r), also in passes "
               "over the training data. The topline uses the true speaker labels: reporting "
               "only.")
@@ -268,19 +272,25 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
     dino, top = kinds.get("dino"), kinds.get("supervised")
     first = lists[0] if lists else None
     gap_header = "DINO→topline gap closed %" + (f" ({first})" if len(lists) > 1 else "")
-    for g in chosen:
+
+    def extra_of(g: Group) -> dict[str, Any]:
+        """NMI, clusters, compute and the share of the gap closed (per seed or pooled)."""
         extra: dict[str, Any] = {**_labels(g), **_compute(g, by_name)}
         if dino and top and first and g.kind in ("iterative", "ssrl"):
             gap = comp.gap_closed(g, dino, top, first)
             extra[gap_header] = cell(gap, 0)
             extra.update({"gap closed %": gap.value, "gap closed % CI low": gap.lo,
                           "gap closed % CI high": gap.hi})
+        return extra
+
+    for g in chosen:
+        extra = extra_of(g)
         seeds = len(g.members)
         rows_md.append({"system": g.label + (" (true labels)" if g.row["uses_labels"] else ""),
                         "seeds": seeds, **_metric_cells(comp, g, lists),
                         **{k: v for k, v in extra.items() if not k.startswith("gap closed %")},
                         "status": "ok" if g.ok else "failed"})
-        rows_csv += _csv_rows(comp, g, lists, extra)
+        rows_csv += _csv_rows(comp, g, lists, extra_of)
     metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
     columns = ["system", "seeds", *metric_cols, "NMI", "clusters"]
     if dino and top and first:
@@ -327,16 +337,18 @@ def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists
     variants = [g for g in groups.values() if g.kind == "ssrl"]
     switch_keys = sorted({k for g in variants for k in g.row["switches"]})
     rows_md, rows_csv = [], []
+
+    def extra_of(g: Group) -> dict[str, Any]:
+        """Switches, NMI, clusters, epochs and minutes (per seed or pooled)."""
+        return {**{k: str(g.row["switches"].get(k)) for k in switch_keys}, **_labels(g),
+                "epochs": g.row["epochs"], "stage min": _compute(g, {})["stage min"]}
+
     for g in variants:
-        switches = {k: str(g.row["switches"].get(k)) for k in switch_keys}
-        extra = {**switches, **_labels(g), "epochs": g.row["epochs"],
-                 "stage min": _compute(g, {})["stage min"]}
-        rows_md.append({"variant": g.row["variant"], "seeds": len(g.members), **switches,
-                        **_metric_cells(comp, g, lists), **_labels(g),
-                        "epochs": g.row["epochs"], "stage min": extra["stage min"],
+        rows_md.append({"variant": g.row["variant"], "seeds": len(g.members),
+                        **_metric_cells(comp, g, lists), **extra_of(g),
                         "status": "ok" if g.ok else "failed"})
         rows_csv += [{**r, "variant": g.row["variant"]}
-                     for r in _csv_rows(comp, g, lists, extra)]
+                     for r in _csv_rows(comp, g, lists, extra_of)]
     metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
     columns = ["variant", "seeds", *switch_keys, *metric_cols, "NMI", "clusters", "epochs",
                "stage min", "status"]
