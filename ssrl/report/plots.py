@@ -15,7 +15,7 @@ from scipy.stats import norm
 from ssrl.evaluation.metrics import _eer_from_points, det_curve
 from ssrl.evaluation.scoring import read_scores
 from ssrl.files import atomic_path
-from ssrl.report.results import Group, load_groups, trial_lists
+from ssrl.report.results import Group, iterative_chains, load_groups, trial_lists
 
 PANELS = (("n_clusters", "clusters"), ("nmi", "pseudo-label NMI"),
           ("dev/eer", "dev EER % (teacher)"), ("p_clean_mean", "mean p_clean"))
@@ -127,11 +127,7 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
             ys = np.mean([r[1][:n] for r in runs], axis=0)
             ax.plot(xs, ys, lw=2.0 if g.row["variant"] == "full" else 1.0,
                     label=f"SSRL {g.row['variant']}")
-    chains: dict[int, list[Group]] = {}
-    for g in groups.values():
-        if g.kind == "iterative":
-            chains.setdefault(g.row.get("chain_epochs") or 0, []).append(g)
-    for i, (epochs, rounds) in enumerate(sorted(chains.items())):
+    for i, (epochs, rounds) in enumerate(sorted(iterative_chains(groups.values()).items())):
         spent, xs, ys = 0, [], []
         for g in rounds:
             m = g.members[0]
@@ -195,14 +191,13 @@ def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
     first = lists[0] if lists else None
     curves = {}
     wanted = ["baseline", "dino", "iterative", "ssrl", "supervised"]
-    picked: dict[str, Group] = {}
-    for g in groups.values():
-        if g.kind == "ssrl" and g.row["variant"] != "full":
-            continue
-        if g.kind == "iterative" and "iterative" in picked and (
-                g.row.get("chain_epochs") != picked["iterative"].row.get("chain_epochs")):
-            continue  # the first chain's last round
-        picked[g.kind] = g
+    picked: dict[str, Group] = {g.kind: g for g in groups.values()
+                                if g.kind not in ("ssrl", "iterative")}
+    picked.update({g.kind: g for g in groups.values()
+                   if g.kind == "ssrl" and g.row["variant"] == "full"})
+    chains = list(iterative_chains(groups.values()).values())
+    if chains:
+        picked["iterative"] = chains[0][-1]  # the first chain's last round
     for kind in wanted:
         g = picked.get(kind)
         m = g.members[0] if g else None

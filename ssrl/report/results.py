@@ -11,6 +11,7 @@ Systems that differ only by seed form a *group*: one row of a table.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,16 @@ def load_groups(cfg: dict, root: Path) -> dict[str, Group]:
         group = groups.setdefault(key, Group(key, row["label"], row["kind"]))
         group.members.append(SystemResult.load(row, Path(root)))
     return groups
+
+
+def iterative_chains(groups: Iterable[Group]) -> dict[int, list[Group]]:
+    """The iterative rounds grouped by chain (its epochs per round), each chain's rounds in
+    order (the systems table lists them so), chains in the order they first appear."""
+    chains: dict[int, list[Group]] = {}
+    for g in groups:
+        if g.kind == "iterative":
+            chains.setdefault(g.row.get("chain_epochs") or 0, []).append(g)
+    return chains
 
 
 def trial_lists(cfg: dict, groups: dict[str, Group]) -> list[str]:

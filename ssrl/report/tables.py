@@ -22,7 +22,7 @@ from ssrl.data.stores import WaveStore
 from ssrl.evaluation.metrics import METRICS
 from ssrl.files import write_text
 from ssrl.report.comparisons import Comparisons, Estimate
-from ssrl.report.results import Group, SystemResult, load_groups, trial_lists
+from ssrl.report.results import Group, SystemResult, iterative_chains, load_groups, trial_lists
 
 # EER (%) on VoxCeleb1-O / E / H cleaned of systems trained on VoxCeleb2-dev without labels,
 # quoted from SSRL-NOTES, "Numbers from other systems". Not measured here; None where the source
@@ -198,13 +198,13 @@ def _estimate_csv_columns(lists: list[str]) -> list[str]:
 
 # --- paired comparisons ------------------------------------------------------------------------
 
-def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, Group]],
+def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, str, Group]],
                  lists: list[str]) -> tuple[list[dict], list[dict]]:
-    """(markdown rows, CSV rows) of A - B for each pair."""
+    """(markdown rows, CSV rows) of A - B for each (name of A, A, name of B, B)."""
     md, flat = [], []
-    for title, a, b in pairs:
+    for name_a, a, name_b, b in pairs:
+        title = f"{name_a} − {name_b}"
         row: dict[str, Any] = {"comparison": title}
-        name_a, name_b = title.split(" − ", 1)  # as the row names them ("no_nlm", "full")
         for name in lists:
             diff = comp.paired(a, b, name)
             for metric in METRICS:
@@ -304,16 +304,13 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
     pairs = []
     ssrl = kinds.get("ssrl")
     floor = kinds.get("baseline")
-    last_rounds: dict[int, Group] = {}
-    for g in chosen:
-        if g.kind == "iterative":
-            last_rounds[g.row.get("chain_epochs") or 0] = g  # rounds come in order
-    for last in last_rounds.values() if ssrl else []:
-        pairs.append((f"SSRL − {last.label}", ssrl, last))
+    for rounds in iterative_chains(chosen).values() if ssrl else []:
+        last = rounds[-1]
+        pairs.append(("SSRL", ssrl, last.label, last))
     if ssrl and dino:
-        pairs.append(("SSRL − DINO", ssrl, dino))
+        pairs.append(("SSRL", ssrl, "DINO", dino))
     if floor:
-        pairs += [(f"{g.label} − {floor.label}", g, floor) for g in chosen
+        pairs += [(g.label, g, floor.label, floor) for g in chosen
                   if g.kind != "baseline"]
     paired_md, paired_csv = _paired_rows(comp, pairs, lists)
 
@@ -355,7 +352,7 @@ def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists
     csv_columns = ["variant", "seed", *switch_keys, *_estimate_csv_columns(lists), "NMI",
                    "clusters", "epochs", "stage min", "status"]
     full = next((g for g in variants if g.row["variant"] == "full"), None)
-    pairs = [(f"{g.row['variant']} − full", g, full) for g in variants if full and g is not full]
+    pairs = [(g.row["variant"], g, "full", full) for g in variants if full and g is not full]
     paired_md, paired_csv = _paired_rows(comp, pairs, lists)
     experiment = cfg.get("experiment", "")
     md = (f"# {experiment}: SSRL ablation grid\n\n{ABLATION_INTRO}\n\n"
