@@ -16,14 +16,14 @@ cosine score (`cosine_scores`).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssrl.data.audio import SAMPLE_RATE, load_audio
+from ssrl.data.audio import SAMPLE_RATE, AudioError, check_wave, load_audio
 from ssrl.data.stores import MemoryWaves
 from ssrl.evaluation.embed import SEGMENT_SECONDS, embed_waves
 from ssrl.evaluation.scoring import cosine_scores
@@ -96,16 +96,10 @@ class SpeakerModel:
         if len(wave) < MIN_SECONDS * rate:
             raise ValueError(f"waveform of {len(wave)} samples is shorter than {MIN_SECONDS} s "
                              f"at {rate} Hz")
-        if not np.isfinite(wave).all():
-            raise ValueError("waveform contains NaN or infinite samples")
-        if not wave.any():
-            raise ValueError("silent waveform (all samples are zero)")
-        if rate != SAMPLE_RATE:
-            from scipy.signal import resample_poly
-
-            g = math.gcd(int(rate), SAMPLE_RATE)
-            wave = resample_poly(wave, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
-        return wave
+        try:  # the checks and the resampling of every file load_audio reads
+            return check_wave(Path("waveform"), wave[:, None], rate, SAMPLE_RATE)
+        except AudioError as err:
+            raise ValueError(f"waveform: {err.reason}") from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

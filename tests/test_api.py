@@ -125,9 +125,9 @@ def test_bad_input_is_named(files: Path, tmp_path: Path):
         model.embed(np.ones((2, 16000), dtype=np.float32))
     with pytest.raises(ValueError, match="shorter than 0.1 s"):
         model.embed(np.ones(1000, dtype=np.float32))
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="waveform: audio contains NaN or infinite samples"):
         model.embed(np.full(16000, np.nan, dtype=np.float32))
-    with pytest.raises(ValueError, match="silent waveform"):
+    with pytest.raises(ValueError, match=r"waveform: silent audio \(all samples are zero\)"):
         model.embed(np.zeros(16000, dtype=np.float32))
     with pytest.raises(ValueError, match="sample_rate is for waveforms"):
         model.embed(files / "data" / "a.wav", sample_rate=8000)

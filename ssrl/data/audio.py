@@ -101,10 +101,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             raise AudioError(path, f"cannot decode audio ({err})") from None
-    return _checked(path, data, rate, sample_rate)
+    return check_wave(path, data, rate, sample_rate)
 
 
-def _checked(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+def check_wave(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     """Decoded samples `[frames, channels]` at `rate` -> the checked mono wave of load_audio."""
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
@@ -166,7 +166,7 @@ def load_audio_many(paths: Sequence[str | os.PathLike],
         decoded = _decode_ffmpeg_batch([paths[i] for i in part], sample_rate)
         for i, data in zip(part, decoded or []):
             try:
-                results[i] = _checked(paths[i], data, sample_rate, sample_rate)
+                results[i] = check_wave(paths[i], data, sample_rate, sample_rate)
             except AudioError as err:
                 results[i] = err
     for i, path in enumerate(paths):
