@@ -98,6 +98,13 @@ def test_npz_stays_the_default_format(tmp_path: Path):
         assert z["utt_ids"].tolist() == IDS and z["emb"].shape == (3, 5)
 
 
+@pytest.mark.parametrize("name", ["emb.npz", "emb.ark"])
+def test_an_utterance_id_given_twice_is_refused(tmp_path: Path, name: str):
+    with pytest.raises(ValueError, match=r"utterance id 'b' given 2 times"):
+        save_embeddings(tmp_path / name, ["a", "b", "b"], _emb())
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_file_that_is_not_what_its_name_says(tmp_path: Path):
     save_embeddings(tmp_path / "real.npz", IDS, _emb())
     save_embeddings(tmp_path / "real.ark", IDS, _emb())

@@ -7,6 +7,7 @@ so that memory stays bounded on VoxCeleb1-E/H sized lists.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +54,10 @@ def save_embeddings(path: str | os.PathLike, utt_ids: Sequence[str], emb: np.nda
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
         raise ValueError(f"{len(utt_ids)} utterance ids but embeddings of shape {emb.shape}")
+    counts = Counter(utt_ids)
+    twice = next((u for u, n in counts.items() if n > 1), None)
+    if twice is not None:  # a Kaldi ark would silently keep only one of them
+        raise ValueError(f"utterance id {twice!r} given {counts[twice]} times")
     if fmt == "npz":
         save_npz(path, utt_ids=np.asarray(list(utt_ids), dtype=str), emb=emb)
     else:
