@@ -248,12 +248,13 @@ def cmd_mlflow_ui(a: argparse.Namespace) -> None:
     moved = relocate_artifacts(db)
     if moved:
         log.info("%s: artifact locations updated to the folder's new place (%d)", db, moved)
-    mlflow = Path(sys.executable).parent / "mlflow"
     # MLflow 3 otherwise starts a job runner and eight task consumers (~280 MB each) for its
     # GenAI jobs, which browsing an experiment does not use.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    os.execve(str(mlflow), [str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db.resolve()}",
-                            "--host", a.host, "--port", str(a.port)], env)
+    # `python -m mlflow`: the MLflow of this interpreter, wherever its scripts were installed
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                               f"sqlite:///{db.resolve()}", "--host", a.host, "--port",
+                               str(a.port)], env)
 
 
 def cmd_export(a: argparse.Namespace) -> None:

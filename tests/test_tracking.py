@@ -370,7 +370,9 @@ def test_mlflow_ui_serves_the_moved_store_without_mlflow_job_workers(tmp_path, m
     monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
     with pytest.raises(SystemExit):
         main(["mlflow-ui", "--results", str(new), "--port", "5123"])
-    assert called["argv"][1:4] == ["ui", "--backend-store-uri", f"sqlite:///{new / 'mlflow.db'}"]
+    assert called["path"] == sys.executable
+    assert called["argv"][1:6] == ["-m", "mlflow", "ui", "--backend-store-uri",
+                                   f"sqlite:///{new / 'mlflow.db'}"]
     assert called["argv"][-2:] == ["--port", "5123"]
     assert called["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     client = mlflow.MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
