@@ -251,22 +251,23 @@ def thesis(tmp_path: Path) -> Path:
     return folder
 
 
-def _refused(capsys, argv: list[str], folder: Path) -> str:
-    rc, err = cli(capsys, *argv)
-    assert rc == 2
-    lines = message_lines(err)
-    assert len(lines) == 1, err
+def _refused(argv: list[str]) -> str:
+    """The one line `python -m ssrl` prints when it refuses (exit 2, no traceback)."""
+    proc = python_m_ssrl(*argv)
+    assert proc.returncode == 2, proc.stderr
+    lines = message_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
     return lines[0]
 
 
 def test_store_refuses_to_replace_a_folder_it_did_not_make(capsys, data, thesis, tmp_path):
-    line = _refused(capsys, ["wave-store", "--data", str(data), "--out", str(thesis)], thesis)
+    line = _refused(["wave-store", "--data", str(data), "--out", str(thesis)])
     assert line == (f"ssrl wave-store: error: {thesis}: folder exists and was not written by "
                     "ssrl; refusing to replace it (choose another output folder, or remove it "
                     "yourself)")
     assert (thesis / "thesis.tex").read_text() == "\\chapter{Results}\n"
     # its own input: the user's wav.scp and audio stay
-    line = _refused(capsys, ["wave-store", "--data", str(data), "--out", str(data)], data)
+    line = _refused(["wave-store", "--data", str(data), "--out", str(data)])
     assert line == (f"ssrl wave-store: error: {data}: the output would overlap the input "
                     f"{data}; choose an output folder outside it")
     assert (data / "wav.scp").is_file() and (data / "a.wav").is_file()
@@ -280,10 +281,9 @@ def test_store_refuses_to_replace_a_folder_it_did_not_make(capsys, data, thesis,
 def test_features_and_prepare_refuse_a_users_folder(capsys, data, thesis, tmp_path):
     store = tmp_path / "store"
     assert cli(capsys, "wave-store", "--data", str(data), "--out", str(store))[0] == 0
-    line = _refused(capsys, ["feature-store", "--store", str(store), "--out", str(thesis)],
-                    thesis)
+    line = _refused(["feature-store", "--store", str(store), "--out", str(thesis)])
     assert line.startswith(f"ssrl feature-store: error: {thesis}: folder exists and was not")
-    line = _refused(capsys, ["feature-store", "--store", str(store), "--out", str(store)], store)
+    line = _refused(["feature-store", "--store", str(store), "--out", str(store)])
     assert "the output would overlap the input" in line
     assert WaveStore(store).utt_ids == ["a", "b"]
     for source in ({"source": "kaldi", "kaldi": {"train": str(data), "test": str(data)}},
@@ -294,14 +294,13 @@ def test_features_and_prepare_refuse_a_users_folder(capsys, data, thesis, tmp_pa
                                                      "test_utts_per_speaker": 2}}):
         job = tmp_path / "prepare.json"
         job.write_text(json.dumps({"data": source}))
-        line = _refused(capsys, ["prepare", "--job", str(job), "--set", "train", "--out",
-                                 str(thesis)], thesis)
+        line = _refused(["prepare", "--job", str(job), "--set", "train", "--out", str(thesis)])
         assert line.startswith(f"ssrl prepare: error: {thesis}: folder exists and was not")
         assert sorted(p.name for p in thesis.iterdir()) == ["thesis.tex"]
     job.write_text(json.dumps({"data": {"source": "kaldi", "kaldi": {
         "train": str(data), "test": str(data)}}}))
-    line = _refused(capsys, ["prepare", "--job", str(job), "--set", "test", "--out",
-                             str(data / "prepared")], data)
+    line = _refused(["prepare", "--job", str(job), "--set", "test", "--out",
+                     str(data / "prepared")])
     assert "the output would overlap the input" in line
     assert sorted(p.name for p in data.iterdir()) == ["a.wav", "b.wav", "trials", "wav.scp"]
 

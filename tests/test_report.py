@@ -206,8 +206,17 @@ def test_crashed_variant_is_failed_not_hidden(tree):
     assert rows["queue_1"][-1] == "failed" and rows["full"][-1] == "ok"
     assert rows["no_nlm"][2] == "5" and rows["queue_1"][2] == "1"  # the switch column
     paired = md_rows(ablation.split("## Paired comparisons")[1])
-    assert "no_nlm − full" in paired
-    assert paired["no_nlm − full"][-1] in ("no", "yes: no_nlm better", "yes: full better")
+    delta = np.mean([_metrics(root, f"seed{s}/ssrl/no_nlm")["eer"]
+                     - _metrics(root, f"seed{s}/ssrl/full")["eer"] for s in (0, 1)])
+    assert paired["no_nlm − full"][1].startswith(f"{delta:.1f} [")
+    with open(root / "tables" / "ablation_paired.csv") as f:
+        row = next(r for r in csv.DictReader(f)
+                   if r["comparison"] == "no_nlm − full" and r["metric"] == "eer")
+    assert float(row["delta"]) == pytest.approx(delta)
+    significant = float(row["ci_high"]) < 0 or float(row["ci_low"]) > 0
+    assert paired["no_nlm − full"][-1] == ("no" if not significant else
+                                           "yes: no_nlm better" if delta < 0 else
+                                           "yes: full better")
 
 
 def test_compute_columns_add_up_the_chain(tree):
