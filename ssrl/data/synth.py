@@ -20,7 +20,7 @@ spectral colouring, a static cue real voices offer far less of than a synthesise
 
 Dev and test speakers can come from shifted *domains* (`dev_domain`, `test_domain`): domain d > 0
 redraws the shared phone inventory's formant targets (another "language"), the channel
-archetypes (other rooms and devices) and the noise types, from its own seed stream. A model
+archetypes (other rooms, devices and noise colours), from its own seed stream. A model
 trained in domain 0 and evaluated in domain 2 is tested on what transfers.
 
 Everything is deterministic from `CorpusSpec.seed`: each speaker, session and utterance draws from
@@ -284,8 +284,8 @@ def session_voice(v: Voice, rng: np.random.Generator, var: float) -> Voice:
 
 @dataclass(frozen=True, eq=False)
 class Domain:
-    """What a corpus domain shares: the phone inventory's formant factors `[phones, 4]`, the
-    channel archetypes, and a seed part for its augmentation-free noise draws."""
+    """What a corpus domain shares: the phone inventory's formant factors `[phones, 4]` and the
+    channel archetypes (rooms, devices, and each archetype's noise colour)."""
 
     index: int
     formants: np.ndarray
