@@ -91,7 +91,7 @@ def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
         if trials:
             report["trials"] = prepare_trials(trials, tmp)
         elif draw_trials:
-            report["trials"] = add_dev_trials(tmp, seed=0)
+            report["drawn_trials"] = add_dev_trials(tmp, seed=0)
     return report | {
         "root": _abs(root),
         "n_utts": len(utts),
