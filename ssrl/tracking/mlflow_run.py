@@ -369,13 +369,9 @@ class Tracker:
     def _parent_run_id(self, experiment_id: str) -> str:
         """The oldest run named `parent_run_name` marked as a sweep parent; created if none."""
         client = self._client()
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=(f"attributes.run_name = '{self.parent_run_name}' "
-                           "and tags.sweep_parent = 'true'"),
-            order_by=["attributes.start_time ASC"], max_results=1)
-        if found:
-            return found[0].info.run_id
+        found = find_sweep_parent(client, experiment_id, self.parent_run_name)
+        if found is not None:
+            return found
         parent = client.create_run(experiment_id, run_name=self.parent_run_name, tags={
             "sweep": self.parent_run_name, "sweep_parent": "true",
             "git_commit": self._tags["git_commit"]})
@@ -528,6 +524,28 @@ def _short(err: BaseException) -> str:
     return text[:200]
 
 
+def find_sweep_parent(client: Any, experiment_id: str, name: str) -> str | None:
+    """The id of the oldest run named `name` marked as a sweep parent, or None."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{name}' and tags.sweep_parent = 'true'",
+        order_by=["attributes.start_time ASC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _log_to_run(client: Any, run_id: str, metrics: Mapping[str, float],
+                tags: Mapping[str, str], artifacts: list[Path],
+                artifact_path: str | None = None) -> None:
+    """Metrics (at step 0), tags and artifact files added to an existing run."""
+    from mlflow.entities import Metric, RunTag
+
+    now = _now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
 def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
                  tags: Mapping[str, str] | None = None,
                  artifacts: list[Path] | None = None, artifact_path: str | None = None) -> bool:
@@ -540,18 +558,10 @@ def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
                     state_path)
         return False
     state = read_json(state_path)
-    from mlflow.entities import Metric, RunTag
-
     try:
         with _fast_fail():
-            client = open_client(state["tracking_uri"])
-            now = _now_ms()
-            client.log_batch(state["run_id"],
-                             metrics=[Metric(k, float(v), now, 0)
-                                      for k, v in (metrics or {}).items()],
-                             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
-            for path in artifacts or []:
-                client.log_artifact(state["run_id"], str(path), artifact_path)
+            _log_to_run(open_client(state["tracking_uri"]), state["run_id"], metrics or {},
+                        tags or {}, artifacts or [], artifact_path)
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
         log.warning("MLflow run %s not updated (%s); the numbers stay in metrics.json",
                     state.get("run_id"), _short(err))
@@ -564,26 +574,17 @@ def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str
     """Put a sweep's summary on its parent run (which otherwise holds nothing): the table of
     its children as artifacts, their final numbers, the best child. False with a warning when
     the store or the parent cannot be reached."""
-    from mlflow.entities import Metric, RunTag
-
     try:
         with _fast_fail():
             client = open_client(uri)
             exp = client.get_experiment_by_name(experiment)
-            found = [] if exp is None else client.search_runs(
-                [exp.experiment_id], filter_string=(f"attributes.run_name = '{parent}' and "
-                                                    "tags.sweep_parent = 'true'"),
-                order_by=["attributes.start_time ASC"], max_results=1)
-            if not found:
+            run_id = None if exp is None else find_sweep_parent(client, exp.experiment_id,
+                                                                 parent)
+            if run_id is None:
                 log.warning("no MLflow run %r in experiment %r: no sweep summary", parent,
                             experiment)
                 return False
-            run_id, now = found[0].info.run_id, _now_ms()
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0)
-                                              for k, v in metrics.items()],
-                             tags=[RunTag(k, str(v)) for k, v in tags.items()])
-            for path in artifacts:
-                client.log_artifact(run_id, str(path))
+            _log_to_run(client, run_id, metrics, tags, artifacts)
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
         log.warning("sweep summary not logged to %s (%s)", parent, _short(err))
         return False
