@@ -69,22 +69,25 @@ def cell(e: Estimate, digits: int) -> str:
     return text
 
 
+def _cells(columns: list[str], row: dict[str, Any]) -> list[str]:
+    """A row's cells as text, numbers to each column's digits."""
+    return [_num(row.get(c), COLUMN_DIGITS.get(c, 1)) for c in columns]
+
+
 def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     """A GitHub markdown table (cells already formatted; numbers right-aligned)."""
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_num(row.get(c), COLUMN_DIGITS.get(c, 1))
-                                       for c in columns) + " |")
+    lines += ["| " + " | ".join(_cells(columns, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def html_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     """The same table as `markdown_table`, as HTML (for the Snakemake report)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(
-        f"<td>{html.escape(_num(row.get(c), COLUMN_DIGITS.get(c, 1)))}</td>" for c in columns)
-        + "</tr>\n" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>"
+                                    for cell in _cells(columns, row)) + "</tr>\n"
+                   for row in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
 
 
