@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ssrl.files import InputError, OutputError, check_apart, read_json, write_json
+from ssrl.tracking.console import job_label, progress_bars, setup_logging
 
 log = logging.getLogger("ssrl")
 
@@ -81,7 +82,7 @@ def cmd_wave_store(a: argparse.Namespace) -> None:
     report = build_wave_store(read_kaldi_dir(Path(a.data)), Path(a.out),
                               on_bad=data.get("on_bad", a.on_bad),
                               min_seconds=data.get("min_seconds", a.min_seconds),
-                              workers=a.workers)
+                              progress=progress_bars(), workers=a.workers)
     log.info("store %s: %s", a.out, {k: v for k, v in report.items() if k != "skipped"})
 
 
@@ -93,7 +94,7 @@ def cmd_feature_store(a: argparse.Namespace) -> None:
     check_apart(a.out, a.store)
     frontend = Frontend(f["frontend"], n_mels=f["n_mels"])
     build_feat_store(WaveStore(Path(a.store)), frontend, Path(a.out),
-                     frontend_meta=frontend.describe())
+                     frontend_meta=frontend.describe(), progress=progress_bars())
 
 
 # --- training ------------------------------------------------------------------------------
@@ -162,7 +163,6 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from ssrl.evaluation.embed import embed_feats, embed_waves
     from ssrl.evaluation.scoring import embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
-    from ssrl.tracking.console import progress_bars
     from ssrl.training.runtime import init_runtime
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
@@ -420,8 +420,6 @@ def _terminate(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssrl.tracking.console import job_label, setup_logging
-
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:

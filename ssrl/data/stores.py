@@ -75,10 +75,7 @@ def _load_index(file: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _progress(items: Any, total: int, desc: str, enabled: bool) -> Any:
-    from ssrl.tracking.console import progress_bars
-
-    return tqdm(items, total=total, desc=desc, unit="utt", leave=False,
-                disable=not (enabled and progress_bars()))
+    return tqdm(items, total=total, desc=desc, unit="utt", leave=False, disable=not enabled)
 
 
 #: Utterances one decoding task handles (one ffmpeg process for m4a, see `load_audio_many`).
@@ -186,7 +183,7 @@ class _ShardWriter:
 
 def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "error",
                      min_seconds: float = 0.5, shard_bytes: int = 256 * 2**20,
-                     progress: bool = True, workers: int = 0) -> dict:
+                     progress: bool = False, workers: int = 0) -> dict:
     """Decode every utterance of `data` into a wave store at `out`; return the build report.
 
     A bad utterance (unreadable, empty, silent, non-finite or shorter than `min_seconds`) raises
@@ -383,7 +380,7 @@ class WaveStore(_Utterances):
 
 def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.Tensor],
                      out: str | os.PathLike, frontend_meta: dict,
-                     progress: bool = True) -> dict:
+                     progress: bool = False) -> dict:
     """Compute features of every full utterance of `store` into a feature store at `out`.
 
     `frontend` maps a float32 [1, samples] tensor to [1, n_mels, frames]; frames are stored as

@@ -15,6 +15,8 @@ import torch
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from ssrl.tracking.console import progress_bars
+
 
 @dataclass
 class KMeansResult:
@@ -309,7 +311,6 @@ def cluster_stage(cfg: dict, model: Path, train: Path, out: Path) -> dict:
                          f"{len(store)} training utterances of {train}")
     device, d = init_runtime(cfg["runtime"])
     loaded = load_encoder(model, device)
-    from ssrl.tracking.console import progress_bars
 
     emb = embed_waves(loaded.encoder, loaded.frontend, store, device, progress=progress_bars(),
                       d=d)
