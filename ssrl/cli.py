@@ -148,10 +148,14 @@ def cmd_baseline(a: argparse.Namespace) -> None:
     from ssrl.data.stores import open_waves
     from ssrl.evaluation.baseline import statistics_embeddings
     from ssrl.evaluation.scoring import embeddings_format, save_embeddings
+    from ssrl.training.checkpoints import fingerprint
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
     store = open_waves(Path(a.store))
-    with _tracker(_job(a.job), Path(a.run_dir or Path(a.out).parent)):
+    cfg = _job(a.job)
+    # changed test data or code: a new MLflow run (the score step adds its test numbers to it)
+    with _tracker(cfg, Path(a.run_dir or Path(a.out).parent),
+                  fingerprint(cfg, {"store": a.store})):
         save_embeddings(a.out, list(store.utt_ids), statistics_embeddings(store))
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,8 +34,13 @@ class OutputError(Exception):
     """An output could not be written (disk full, permissions). Nothing half-written is left."""
 
 
+log = logging.getLogger("ssrl")
+
 #: Written into every folder `atomic_dir` creates: only such folders are ever replaced.
 OWNER_MARK = ".ssrl-output"
+#: Written into `atomic_dir`'s temporary folder while it is filled: `<host> <pid>` of the writer,
+#: so what a killed writer left (`kill -9`, a power cut) can be told apart and removed later.
+TMP_MARK = ".ssrl-tmp"
 
 
 def _umask_mode(directory: bool = False) -> int:
@@ -98,23 +106,64 @@ def check_apart(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> No
                               "choose an output folder outside it")
 
 
+def _writer_gone(tmp: Path) -> bool:
+    """True when `tmp` is an `atomic_dir` temporary folder whose writer no longer runs: its
+    marker names this host and a process id that is not alive. (A folder written from another
+    host of a shared file system, or by a live process, is never judged gone.)"""
+    try:
+        host, pid = (tmp / TMP_MARK).read_text().split()
+        pid_number = int(pid)
+    except (OSError, ValueError):
+        return False  # not ssrl's temporary folder, or one too young to hold its marker
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid_number, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, owned by someone else
+    return False
+
+
+def clean_stale_tmp(folder: str | os.PathLike, name: str | None = None,
+                    recursive: bool = False) -> list[Path]:
+    """Remove the temporary folders (`.<name>.*.tmp`, any name when None) that a killed
+    `atomic_dir` left in `folder` (and below it with `recursive`); only folders holding ssrl's
+    `TMP_MARK` of a writer that is gone. Returns what was removed."""
+    pattern = f".{glob.escape(name)}.*.tmp" if name is not None else ".*.tmp"
+    folder = Path(folder)
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    removed = []
+    for tmp in sorted(found):
+        if tmp.is_dir() and not tmp.is_symlink() and _writer_gone(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, left by an interrupted earlier run", tmp)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path`.
 
     `path` may exist only as a folder ssrl made earlier (it holds `OWNER_MARK`) or as an empty
     folder; anything else is refused before work starts. The new folder gets the marker.
+    Temporary folders of `path` that a killed earlier writer left are removed first.
     """
     path = Path(path)
     check_replaceable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(path.parent, path.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as err:
         raise _fail_write(path, err) from err
     try:
+        (tmp / TMP_MARK).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         yield tmp
         (tmp / OWNER_MARK).write_text("written by ssrl (python -m ssrl); ssrl may replace it\n")
+        (tmp / TMP_MARK).unlink()
         os.chmod(tmp, _umask_mode(directory=True))
         check_replaceable(path)
         if path.exists():

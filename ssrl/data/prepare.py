@@ -48,20 +48,9 @@ def _require_dir(root: Path) -> None:
         raise InputError(f"{root}: directory not found")
 
 
-def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
-                     trials: dict[str, str | os.PathLike] | None = None,
-                     draw_trials: bool = False) -> dict:
-    """Index a VoxCeleb1 (wav) or VoxCeleb2 (m4a) tree into a data folder, with its trial
-    lists (`trials`: name -> file) or, for a dev set without one, a drawn list.
-
-    Any `id*/<video>/<n>.{wav,flac,m4a}` below `root` counts. The utterance id is the path from
-    the speaker folder with the extension replaced by `.wav` (`id10001/1zcIwhmdeo4/00001.wav`),
-    the form VoxCeleb's trial lists use. utt2spk is the speaker folder, utt2sess speaker/video.
-    When one utterance exists in several formats (e.g. m4a converted to wav in place) the first
-    of wav, flac, m4a is used and the others are counted in the report.
-    """
-    root, out = Path(root), Path(out)
-    _require_dir(root)
+def voxceleb_audio(root: Path) -> tuple[dict[str, Path], int]:
+    """utterance id -> audio file of a VoxCeleb tree (see `prepare_voxceleb`), and how many
+    files were left out as another format of an utterance already found."""
     found: dict[str, Path] = {}
     duplicates = 0
     for dirpath, _dirs, files in os.walk(root, followlinks=True):
@@ -79,6 +68,24 @@ def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
                 if rank(file.suffix.lower()) >= rank(found[utt].suffix.lower()):
                     continue
             found[utt] = file
+    return found, duplicates
+
+
+def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
+                     trials: dict[str, str | os.PathLike] | None = None,
+                     draw_trials: bool = False) -> dict:
+    """Index a VoxCeleb1 (wav) or VoxCeleb2 (m4a) tree into a data folder, with its trial
+    lists (`trials`: name -> file) or, for a dev set without one, a drawn list.
+
+    Any `id*/<video>/<n>.{wav,flac,m4a}` below `root` counts. The utterance id is the path from
+    the speaker folder with the extension replaced by `.wav` (`id10001/1zcIwhmdeo4/00001.wav`),
+    the form VoxCeleb's trial lists use. utt2spk is the speaker folder, utt2sess speaker/video.
+    When one utterance exists in several formats (e.g. m4a converted to wav in place) the first
+    of wav, flac, m4a is used and the others are counted in the report.
+    """
+    root, out = Path(root), Path(out)
+    _require_dir(root)
+    found, duplicates = voxceleb_audio(root)
     if not found:
         raise InputError(f"no VoxCeleb audio found under {root}: "
                          "expected id*/<video>/*.wav|m4a|flac")
@@ -122,6 +129,17 @@ def prepare_trials(files: dict[str, str | os.PathLike], out: str | os.PathLike) 
     return report
 
 
+def musan_audio(root: Path) -> tuple[Path, dict[str, Path]]:
+    """The MUSAN folder (`root` or `root/musan`) and its utterance id -> audio file."""
+    if not any((root / c).is_dir() for c in MUSAN_CATEGORIES) and (root / "musan").is_dir():
+        root = root / "musan"
+    wavs: dict[str, Path] = {}
+    for cat in MUSAN_CATEGORIES:
+        for file in sorted((root / cat).glob("*/*.wav")):
+            wavs[f"{cat}/{file.parent.name}/{file.stem}"] = file
+    return root, wavs
+
+
 def prepare_musan(root: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Index MUSAN (`{music,noise,speech}/<subset>/*.wav`) with utt2category.
 
@@ -130,15 +148,8 @@ def prepare_musan(root: str | os.PathLike, out: str | os.PathLike) -> dict:
     """
     root, out = Path(root), Path(out)
     _require_dir(root)
-    if not any((root / c).is_dir() for c in MUSAN_CATEGORIES) and (root / "musan").is_dir():
-        root = root / "musan"
-    wavs: dict[str, Path] = {}
-    category: dict[str, str] = {}
-    for cat in MUSAN_CATEGORIES:
-        for file in sorted((root / cat).glob("*/*.wav")):
-            utt = f"{cat}/{file.parent.name}/{file.stem}"
-            wavs[utt] = file
-            category[utt] = cat
+    root, wavs = musan_audio(root)
+    category = {utt: utt.split("/")[0] for utt in wavs}
     if not wavs:
         raise InputError(f"no MUSAN audio found under {root}: "
                          "expected {music,noise,speech}/<subset>/*.wav")
@@ -149,6 +160,18 @@ def prepare_musan(root: str | os.PathLike, out: str | os.PathLike) -> dict:
             "categories": dict(sorted(Counter(category.values()).items()))}
 
 
+def rir_audio(root: Path) -> dict[str, Path]:
+    """Utterance id -> audio file of RIRS_NOISES' simulated RIRs (see `prepare_rirs`)."""
+    for base in (root / "simulated_rirs", root / "RIRS_NOISES" / "simulated_rirs", root):
+        if any((base / room).is_dir() for room in RIR_ROOMS):
+            break
+    wavs: dict[str, Path] = {}
+    for room in RIR_ROOMS:
+        for file in sorted((base / room).glob("*/*.wav")):
+            wavs[f"{room}/{file.stem}"] = file
+    return wavs
+
+
 def prepare_rirs(root: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Index RIRS_NOISES' simulated RIRs (`simulated_rirs/<room size>/Room*/*.wav`).
 
@@ -157,13 +180,7 @@ def prepare_rirs(root: str | os.PathLike, out: str | os.PathLike) -> dict:
     """
     root, out = Path(root), Path(out)
     _require_dir(root)
-    for base in (root / "simulated_rirs", root / "RIRS_NOISES" / "simulated_rirs", root):
-        if any((base / room).is_dir() for room in RIR_ROOMS):
-            break
-    wavs: dict[str, Path] = {}
-    for room in RIR_ROOMS:
-        for file in sorted((base / room).glob("*/*.wav")):
-            wavs[f"{room}/{file.stem}"] = file
+    wavs = rir_audio(root)
     if not wavs:
         raise InputError(f"no RIRS_NOISES audio found under {root}: expected "
                          "simulated_rirs/{smallroom,mediumroom,largeroom}/Room*/*.wav")

@@ -281,6 +281,10 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
                  shard=np.array(shard_of, dtype=np.int32),
                  offset=np.array(offsets, dtype=np.int64),
                  length=np.array(lengths, dtype=np.int64))
+        # meta.json identifies the store's whole content (a job's fingerprint digests it):
+        # the shards above, the utterance ids and the trial lists
+        meta["utt_ids_sha256"] = hashlib.sha256("\n".join(utt_ids).encode()).hexdigest()
+        meta["trials_sha256"] = {name: _sha256(tmp / "trials" / name) for name in trials_meta}
         write_json(tmp / "meta.json", meta)
     return report
 

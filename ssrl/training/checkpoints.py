@@ -2,7 +2,8 @@
 
 A checkpoint carries a fingerprint of everything that determines the job's result: its config
 (every section it reads, minus where and how it runs), the identity of each input (a store's
-checksummed meta.json, a model or label file's bytes) and the training code's version. A job
+checksummed meta.json, a model or label file's bytes) and the code version (the package
+version and a sha256 of every source file of `ssrl/`, so any edit of the code counts). A job
 resumes only from a checkpoint with its own fingerprint; otherwise it starts over and says so
 in one log line. A finished job deletes its checkpoint, so a rerun with changed values can never
 pick it up: the result always comes from the config that names it.
@@ -10,6 +11,7 @@ pick it up: the result always comes from the config that names it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -54,12 +56,24 @@ def input_identity(path: str | os.PathLike | None) -> str:
     return _digest_file(path)
 
 
+@functools.cache
+def code_version() -> str:
+    """sha256 of the package's source (every `ssrl/**/*.py`, by path and content): results
+    made by other code never share a fingerprint, even between two commits of one version."""
+    root = Path(ssrl.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(cfg: dict[str, Any], inputs: dict[str, str | os.PathLike | None]) -> str:
     """sha256 of the job's result-determining config, its inputs and the code version."""
     result_cfg = {k: v for k, v in cfg.items() if k not in ("job", "runtime", "tracking")}
     result_cfg["runtime"] = {k: cfg.get("runtime", {}).get(k) for k in RESULT_RUNTIME_KEYS}
     what = {"config": result_cfg, "inputs": {k: input_identity(v) for k, v in inputs.items()},
-            "code": [ssrl.__version__, TRAINING_CODE_VERSION]}
+            "code": [ssrl.__version__, TRAINING_CODE_VERSION, code_version()]}
     text = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -24,8 +24,9 @@ from ssrl.config import (  # noqa: E402
     count_utterances,
     variant_config,
 )
+from ssrl.data.prepare import SETS  # noqa: E402
 from ssrl.data.synth import PART_KEYS  # noqa: E402
-from ssrl.files import InputError  # noqa: E402
+from ssrl.files import InputError, clean_stale_tmp  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -243,7 +244,7 @@ def prepare_job(name):
 
 
 JOBS = {
-    **{f"prepare/{name}": prepare_job(name) for name in ("train", "dev", "test", "noise", "rir")},
+    **{f"prepare/{name}": prepare_job(name) for name in SETS},
     **{f"store/{name}": {"data": {"on_bad": DATA["on_bad"],
                                   "min_seconds": 0.0 if name == "rir" else DATA["min_seconds"]}}
        for name in ("train", "dev", "test", "noise", "rir")},
@@ -262,6 +263,29 @@ for _s in SEEDS:
 
 def job_file(name):
     return f"{R}/jobs/{name}.json"
+
+
+# --- the user's data as inputs ------------------------------------------------------------------
+# A Kaldi or VoxCeleb set is an input of the DAG through `<R>/inputs/<set>.json`: the sha256 of
+# its lists and audio, rewritten at start-up only when they changed (ssrl.data.sources; audio is
+# hashed once and cached). Jobs run by a cluster executor only read it.
+INPUTS = f"{R}/inputs"
+if SOURCE != "builtin" and workflow.is_main_process:
+    from snakemake.logging import logger
+
+    from ssrl.data.sources import update_digest
+
+    for _set in SETS:
+        update_digest(DATA, _set, INPUTS, notify=logger.info)
+if workflow.is_main_process and os.path.isdir(R):
+    # what a killed run (kill -9, a power cut) left half-written: ssrl's own temporary folders
+    # whose writer is gone (never another host's, never a live process's)
+    clean_stale_tmp(R, recursive=True)
+
+
+def data_inputs(w):
+    """What the preparation of set `w.set` reads beyond its job config: the set's digest."""
+    return [] if SOURCE == "builtin" else [f"{INPUTS}/{w.set}.json"]
 
 
 def launcher():

@@ -1,6 +1,8 @@
 # Data: one Kaldi-style folder per set (train, dev, test, noise, rir) from the configured source,
 # each its own job (the test set is synthesised while DINO trains), then wave stores (+ features
-# of the evaluation sets), and the classical floor's embeddings of the test set.
+# of the evaluation sets), and the classical floor's embeddings of the test set. A user's set is
+# an input through its digest (common.smk): an edited list or audio file reruns that set's
+# preparation and what depends on it, nothing else.
 
 
 rule prepare_data:
@@ -8,6 +10,7 @@ rule prepare_data:
         "../../envs/conda.yaml"
     input:
         cfg=lambda w: job_file(f"prepare/{w.set}"),
+        data=data_inputs,
     output:
         directory(f"{R}/data/{{set}}"),
     wildcard_constraints:
