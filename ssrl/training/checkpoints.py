@@ -28,7 +28,8 @@ from ssrl.training.runtime import Dist
 
 log = logging.getLogger("ssrl.train")
 
-#: Bumped whenever training code changes what a given config and inputs produce.
+#: Bumped whenever training code changes what a given config and inputs produce (a marker for
+#: readers of old checkpoints; `code_version()` already changes with any edit of the source).
 TRAINING_CODE_VERSION = 2
 #: Runtime keys that change the numbers (the others only say where and how fast it runs).
 RESULT_RUNTIME_KEYS = ("bf16", "compile")
