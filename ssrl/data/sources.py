@@ -38,7 +38,7 @@ HASH_THREADS = 8
 _Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -46,7 +46,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stat(path: Path) -> _Stat | None:
+def _stat(path: str) -> _Stat | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -54,9 +54,10 @@ def _stat(path: Path) -> _Stat | None:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def set_files(data: dict, name: str) -> tuple[dict[str, Path], dict[str, Path]]:
+def set_files(data: dict, name: str) -> tuple[dict[str, str], dict[str, str]]:
     """What preparing set `name` reads, from the config's `data` section: the list files
-    (label -> file) and the audio (utterance id -> file). Both empty for a left-out set."""
+    (label -> file) and the audio (utterance id -> absolute path, as `prepare` resolves it).
+    Both empty for a left-out set. (Plain strings: a million Path objects cost seconds.)"""
     from ssrl.data.prepare import musan_audio, rir_audio, set_source, voxceleb_audio
 
     src = set_source(data, name)
@@ -66,21 +67,25 @@ def set_files(data: dict, name: str) -> tuple[dict[str, Path], dict[str, Path]]:
     if not root.is_dir():
         raise InputError(f"{root}: directory not found")
     if data["source"] == "kaldi":
-        lists = {n: root / n for n in ("wav.scp", *UTT_MAPS) if (root / n).is_file()}
-        lists.update({f"trials:{n}": f for n, f in find_trial_lists(root).items()})
+        lists = {n: str(root / n) for n in ("wav.scp", *UTT_MAPS) if (root / n).is_file()}
+        lists.update({f"trials:{n}": str(f) for n, f in find_trial_lists(root).items()})
         audio = {}
         if (root / "wav.scp").is_file():
+            base = os.path.abspath(root)
             for _lineno, (utt, value) in read_table(root / "wav.scp", ncols=2):
-                audio[utt] = Path(os.path.abspath(root / value))
+                audio[utt] = os.path.normpath(os.path.join(base, value))
         return lists, audio
     v = data["voxceleb"]
     if name == "noise":
-        return {}, musan_audio(root)[1]
-    if name == "rir":
-        return {}, rir_audio(root)
+        found = musan_audio(root)[1]
+    elif name == "rir":
+        found = rir_audio(root)
+    else:
+        found = voxceleb_audio(root)[0]
     trials = {"test": v.get("trials") or {}, "dev": {"trials": v["dev_trials"]}
               if v.get("dev_trials") else {}}.get(name, {})
-    return {f"trials:{n}": Path(f) for n, f in trials.items()}, voxceleb_audio(root)[0]
+    return ({f"trials:{n}": str(f) for n, f in trials.items()},
+            {utt: os.path.abspath(f) for utt, f in found.items()})
 
 
 class HashCache:
@@ -94,21 +99,23 @@ class HashCache:
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 fields = line.split("\t", 5)
-                if len(fields) == 6 and all(f.isdigit() for f in fields[1:5]):
-                    stat = tuple(int(f) for f in fields[1:5])
-                    self.entries[fields[5]] = (stat, fields[0])  # type: ignore[assignment]
+                try:
+                    stat = (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4]))
+                    self.entries[fields[5]] = (stat, fields[0])
+                except (IndexError, ValueError):
+                    continue  # a torn line: that file is hashed again
 
-    def digests(self, files: list[Path]) -> tuple[dict[Path, str], list[Path]]:
+    def digests(self, files: list[str]) -> tuple[dict[str, str], list[str]]:
         """file -> sha256 ("missing" for a file that cannot be read), and the files whose
         content changed since they were cached."""
-        out: dict[Path, str] = {}
-        todo: list[tuple[Path, _Stat]] = []
+        out: dict[str, str] = {}
+        todo: list[tuple[str, _Stat]] = []
         for file in files:
             stat = _stat(file)
             if stat is None:
                 out[file] = "missing"
                 continue
-            cached = self.entries.get(str(file))
+            cached = self.entries.get(file)
             if cached is not None and cached[0] == stat:
                 out[file] = cached[1]
             else:
@@ -121,11 +128,11 @@ class HashCache:
             hashed = pool.map(_try_sha256, [f for f, _ in todo])
             for (file, stat), digest in zip(todo, hashed):
                 out[file] = digest
-                old = self.entries.get(str(file))
+                old = self.entries.get(file)
                 if old is not None and old[1] != digest:
                     changed.append(file)
-                if digest != "missing" and "\n" not in str(file):
-                    self.entries[str(file)] = (stat, digest)
+                if digest != "missing" and "\n" not in file:
+                    self.entries[file] = (stat, digest)
                     self.dirty = True
         return out, changed
 
@@ -137,14 +144,14 @@ class HashCache:
             self.dirty = False
 
 
-def _try_sha256(path: Path) -> str:
+def _try_sha256(path: str) -> str:
     try:
         return sha256_file(path)
     except OSError:
         return "missing"
 
 
-def set_digest(data: dict, name: str, cache: HashCache) -> tuple[dict[str, Any], list[Path]]:
+def set_digest(data: dict, name: str, cache: HashCache) -> tuple[dict[str, Any], list[str]]:
     """The digest of set `name` (what `<results>/inputs/<set>.json` holds) and the audio files
     whose content changed since the cache saw them. A set that cannot be read yet (a missing
     folder, a list that is not UTF-8) gets the error as its digest: `prepare` reports it, and
@@ -190,7 +197,7 @@ def update_digest(data: dict, name: str, folder: str | os.PathLike,
     return True
 
 
-def _what_changed(old_text: str, new: dict[str, Any], changed: list[Path]) -> str:
+def _what_changed(old_text: str, new: dict[str, Any], changed: list[str]) -> str:
     try:
         old = json.loads(old_text)
     except json.JSONDecodeError:
