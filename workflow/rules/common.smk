@@ -26,7 +26,7 @@ from ssrl.config import (  # noqa: E402
 )
 from ssrl.data.prepare import SETS  # noqa: E402
 from ssrl.data.synth import PART_KEYS  # noqa: E402
-from ssrl.files import InputError, clean_stale_tmp  # noqa: E402
+from ssrl.files import InputError, OutputError, clean_stale_tmp  # noqa: E402
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -275,8 +275,11 @@ if SOURCE != "builtin" and workflow.is_main_process:
 
     from ssrl.data.sources import update_digest
 
-    for _set in SETS:
-        update_digest(DATA, _set, INPUTS, notify=logger.info)
+    try:
+        for _set in SETS:
+            update_digest(DATA, _set, INPUTS, notify=logger.info)
+    except OutputError as err:  # e.g. a read-only or full results folder
+        raise WorkflowError(str(err)) from None
 if workflow.is_main_process and os.path.isdir(R):
     # what a killed run (kill -9, a power cut) left half-written: ssrl's own temporary folders
     # whose writer is gone (never another host's, never a live process's)
