@@ -40,7 +40,7 @@ iterative: {{epochs: 1, rounds: 1}}
 eval: {{bootstrap: {{replicates: 100}}}}
 ablation: {{variants: []}}
 """
-TRAINED = ["seed0/dino", "seed0/iterative/e1/round1", "seed0/ssrl/full", "seed0/supervised"]
+TRAINED = ["seed0/dino", "seed0/iterative/e1/round1", "seed0/ssrl/full~True", "seed0/supervised"]
 #: What an edit of the test set reruns: its preparation, store and features, the floor, every
 #: system's test embeddings and scores, the tables and plots. No training, no other set.
 TEST_SET_JOBS = Counter({"prepare_data set=test": 1, "wave_store set=test": 1,
