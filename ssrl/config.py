@@ -167,3 +167,14 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
             if k > n_train_utts:
                 raise InputError(f"config key {key}: {k} clusters but only {n_train_utts} "
                                  "training utterances")
+        # a batch larger than the training set repeats utterances within one step, and an
+        # absurd one (1e8) would run into the OOM killer minutes later instead of failing here
+        sizes = {"dino.batch_size": config["dino"]["batch_size"],
+                 "ssrl.batch_size": ssrl["batch_size"]}
+        sizes.update({f"ablation.variants.{i}.batch_size": v["batch_size"]
+                      for i, v in enumerate(variants) if v.get("batch_size")})
+        for key, size in sizes.items():
+            if size > n_train_utts:
+                raise InputError(f"config key {key}: a batch of {size} utterances but only "
+                                 f"{n_train_utts} training utterances (each batch would repeat "
+                                 "utterances); use at most that many")

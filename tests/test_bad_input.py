@@ -269,7 +269,7 @@ def test_store_refuses_to_replace_a_folder_it_did_not_make(capsys, data, thesis,
     # its own input: the user's wav.scp and audio stay
     line = _refused(["wave-store", "--data", str(data), "--out", str(data)])
     assert line == (f"ssrl wave-store: error: {data}: the output would overlap the input "
-                    f"{data}; choose an output folder outside it")
+                    f"{data} (--data); choose an output path outside it")
     assert (data / "wav.scp").is_file() and (data / "a.wav").is_file()
     # a folder ssrl made (it has the marker) is replaced: reruns work
     out = tmp_path / "store"
@@ -383,3 +383,108 @@ def test_a_list_without_targets_is_one_line_and_writes_nothing(capsys, tmp_path,
         f"ssrl score: error: {trials}: no target trials: EER and minDCF are undefined (remove "
         "the labels to score it without metrics)"]
     assert not (tmp_path / "scored").exists()
+
+
+# --- no step writes over (or into) its own inputs ----------------------------------------------
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def user(tmp_path: Path, make_wav) -> Path:
+    """The user's folder U: a Kaldi folder with trials, embeddings, a model, a store-like
+    folder S and a job file: every input a step can be given."""
+    u = tmp_path / "U"
+    make_wav(u / "a.wav", 1.0, seed=1)
+    make_wav(u / "b.wav", 1.0, seed=2)
+    make_wav(u / "c.wav", 1.0, seed=3)
+    (u / "wav.scp").write_text("a a.wav\nb b.wav\nc c.wav\n")
+    (u / "trials").write_text("a b nontarget\na c target\n")
+    (u / "scores_x.txt").write_text("a b nontarget\na c target\n")
+    np.savez(u / "emb.npz", utt_ids=np.array(["a", "b", "c"]),
+             emb=np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32))
+    _model_file(u / "model.pt", TINY, TINY)
+    (u / "S").mkdir()
+    (u / "S" / "index.npz").write_bytes(b"the store's index")
+    (u / "job.json").write_text("{}\n")
+    return u
+
+
+def overwrite_cases(u: Path) -> list[list[str]]:
+    """One command per step (and the four cases of issue 19) whose output is one of its
+    inputs, lies inside one, or contains one."""
+    return [
+        ["embed", "--model", f"{u}/model.pt", "--data", str(u), "--out", f"{u}/wav.scp"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials",
+         "--replicates", "0", "--out", f"{u}/trials"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials",
+         "--replicates", "0", "--out", f"{u}/emb.npz"],
+        ["embed", "--model", f"{u}/model.pt", "--data", f"{u}/S", "--out", f"{u}/S/index.npz"],
+        ["embed", "--model", f"{u}/model.pt", "--feats", f"{u}/S", "--out", f"{u}/S/e.ark"],
+        ["embed", "--model", f"{u}/model.pt", "--data", str(u), "--out", f"{u}/model.scp"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"x={u}/scores_x.txt",
+         "--replicates", "0", "--scores-dir", str(u), "--out", f"{u}/../m.json"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials", "--replicates",
+         "0", "--out", f"{u}/job.json", "--job", f"{u}/job.json"],
+        ["wave-store", "--data", str(u), "--out", f"{u}/S"],
+        ["feature-store", "--store", f"{u}/S", "--out", f"{u}/S/feats"],
+        ["baseline", "--store", f"{u}/S", "--out", f"{u}/S/index.npz"],
+        ["cluster", "--job", f"{u}/job.json", "--model", f"{u}/model.pt", "--train", f"{u}/S",
+         "--out", str(u)],
+        ["dino", "--job", f"{u}/job.json", "--train", f"{u}/S", "--noise", str(u),
+         "--out", f"{u}/dino"],
+        ["ssrl", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init", f"{u}/model.pt",
+         "--labels", f"{u}/emb.npz", "--out", f"{u}/emb.npz"],
+        ["iterative", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init",
+         f"{u}/model.pt", "--labels", f"{u}/emb.npz", "--out", f"{u}/S/run"],
+        ["supervised", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init",
+         f"{u}/model.pt", "--dev", f"{u}/S", "--out", str(u.parent)],
+        ["export", "--model", f"{u}/model.pt", "--out-dir", str(u)],
+        ["tables", "--job", f"{u}/job.json", "--root", str(u), "--out-dir", str(u)],
+        ["plots", "--job", f"{u}/job.json", "--root", f"{u}/S", "--out-dir", str(u)],
+    ]
+
+
+def test_no_step_writes_over_its_inputs(user):
+    before = _snapshot(user.parent)
+    steps = set()
+    for argv in overwrite_cases(user):
+        line = _refused(argv)
+        steps.add(argv[0])
+        assert line.startswith(f"ssrl {argv[0]}: error: "), line
+        assert "the output would overlap the input " in line, line
+        assert _snapshot(user.parent) == before, argv
+    # every step with an output path and an input is covered
+    assert steps == {"embed", "score", "wave-store", "feature-store", "baseline", "cluster",
+                     "dino", "ssrl", "iterative", "supervised", "export", "tables", "plots"}
+
+
+def test_the_overwrite_message_names_output_input_and_option(user):
+    assert _refused(["embed", "--model", f"{user}/model.pt", "--data", str(user),
+                     "--out", f"{user}/wav.scp"]) == (
+        f"ssrl embed: error: {user}/wav.scp: the output would overlap the input {user} "
+        "(--data); choose an output path outside it")
+    assert _refused(["score", "--embeddings", f"{user}/emb.npz", "--trials", f"{user}/trials",
+                     "--out", f"{user}/trials"]) == (
+        f"ssrl score: error: {user}/trials: the output would overlap the input {user}/trials "
+        "(--trials); choose an output path outside it")
+    # a symbolic link to an input is that input
+    link = user.parent / "link.npz"
+    link.symlink_to(user / "emb.npz")
+    line = _refused(["score", "--embeddings", f"{user}/emb.npz", "--trials", f"{user}/trials",
+                     "--out", str(link)])
+    assert line.startswith(f"ssrl score: error: {link}: the output would overlap the input")
+
+
+def test_outputs_beside_the_inputs_are_fine(capsys, user, tmp_path):
+    """The rule refuses overlaps only: scores next to the user's trials, tables inside the
+    experiment folder they summarise."""
+    rc, err = cli(capsys, "embed", "--model", f"{user}/model.pt", "--data", str(user),
+                  "--out", str(tmp_path / "emb_new.npz"))
+    assert rc == 0, err
+    rc, err = cli(capsys, "score", "--embeddings", f"{user}/emb.npz", "--trials",
+                  f"{user}/trials", "--replicates", "0", "--scores-dir", str(user),
+                  "--out", str(tmp_path / "metrics.json"))
+    assert rc == 0, err
+    assert (user / "scores_trials.txt").read_text().splitlines()[0].split()[:2] == ["a", "b"]
