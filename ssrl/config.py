@@ -44,8 +44,33 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+#: Values (keys, items, scalars) a config may hold once YAML aliases are expanded. The largest
+#: preset holds a few hundred; a "billion laughs" file (aliases of aliases) holds billions, and
+#: anything that walks it (the schema's error message prints it) spins for minutes.
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_size(config: Any, source: str = "config") -> None:
+    """InputError when `config` expands to more than MAX_CONFIG_VALUES values. Stops counting
+    there, so the check itself is bounded whatever the aliases multiply to."""
+    count, stack = 0, [config]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        if count > MAX_CONFIG_VALUES:
+            raise InputError(f"{source}: more than {MAX_CONFIG_VALUES} values once its YAML "
+                             "aliases are expanded (aliases of aliases, a 'billion laughs' "
+                             "file?); refusing to read it")
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Validate and fill defaults; an error names the offending key and what was expected."""
+    check_size(config)
     schema = yaml.safe_load(SCHEMA.read_text())
     cfg = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -63,7 +88,9 @@ def load_config(*paths: str | Path, overrides: dict | None = None) -> dict[str, 
     for path in paths or (ROOT / "config.yaml",):
         path = Path(path)
         try:
-            cfg = merge(cfg, yaml.safe_load(path.read_text()) or {})
+            loaded = yaml.safe_load(path.read_text()) or {}
+            check_size(loaded, str(path))
+            cfg = merge(cfg, loaded)
         except FileNotFoundError:
             raise InputError(f"{path}: config file not found") from None
         except yaml.YAMLError as err:

@@ -111,6 +111,8 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
         model = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
         text = " ".join(str(err).split())[:300] or type(err).__name__
+        if text.startswith("Weights only load failed"):  # not torch's advice to run its code
+            text = "it holds more than tensors, numbers and strings: damaged, or not ssrl's"
         raise InputError(f"{path}: cannot load model file ({text})") from None
     if not isinstance(model, dict) or not {"encoder", "model_cfg", "frontend"} <= set(model):
         raise InputError(f"{path}: not a model file (no encoder weights or model config; "

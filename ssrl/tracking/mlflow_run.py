@@ -495,9 +495,21 @@ def _create_sqlite_store(db: Path) -> None:
         for suffix in ("-journal", "-wal", "-shm"):  # of a discarded database: never apply them
             Path(f"{db}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, db)
+        _forget_connections(db)
     finally:
         for path in (tmp, Path(f"{tmp}-journal")):
             path.unlink(missing_ok=True)
+
+
+def _forget_connections(db: Path) -> None:
+    """Close this process's pooled MLflow connections to `db`'s former file (MLflow keeps one
+    engine per URI): they would write to the replaced file ("readonly database")."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for uri, engine in list(SqlAlchemyStore._engine_map.items()):
+        if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).resolve() == \
+                db.resolve():
+            engine.dispose()
 
 
 def ensure_sqlite_store(db: Path) -> None:

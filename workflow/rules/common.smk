@@ -21,12 +21,17 @@ from ssrl.config import (  # noqa: E402
     CLASSIFIER_KEYS,
     FULL,
     check_config,
+    check_size,
     count_utterances,
     variant_config,
 )
 from ssrl.data.synth import PART_KEYS  # noqa: E402
 from ssrl.files import InputError  # noqa: E402
 
+try:  # before anything walks the config: YAML aliases may expand it to billions of values
+    check_size(config)
+except InputError as err:
+    raise WorkflowError(f"Invalid config: {err}") from None
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 EXP = config["experiment"]
