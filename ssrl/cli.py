@@ -330,7 +330,7 @@ def cmd_tables(a: argparse.Namespace) -> None:
             best = min(eers, key=eers.get)
             summarize_sweep(uri, job["experiment"], f"{sweep}-{job['experiment']}",
                             {f"{name}/test/eer": v for name, v in eers.items()},
-                            {"best": best}, [out / f for f in files])
+                            {"best": best}, [out / f for f in files], buffer_dir=out)
 
 
 def cmd_plots(a: argparse.Namespace) -> None:

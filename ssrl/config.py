@@ -150,7 +150,8 @@ def _check_ssrl(c: dict, where: str) -> None:
 def check_config(config: dict, n_train_utts: int | None = None) -> None:
     """Raise InputError (naming the key) for a config the workflow cannot run correctly:
     variant names and grid points that collide, an SSRL timetable that breaks the queue's
-    relation, crops too short for the front end, more clusters than training utterances."""
+    relation, crops too short for the front end, more clusters or a larger batch than there
+    are training utterances (the schema caps batch sizes at 65536 whatever the data)."""
     if config["data"]["source"] == "builtin":
         from ssrl.data.synth import CorpusSpec
 

@@ -494,3 +494,38 @@ def test_full_disk_buffers_every_record_and_mlflow_sync_sends_them(tmp_path, mak
         k: v for k, v in run.data.metrics.items() if k != "test/eer"}}
     assert {"test/eer", "test/mindcf_0.01", "test/mindcf_0.05"} <= set(run.data.metrics)
     assert "incomplete" not in run.data.tags
+
+
+def test_a_sweep_summary_that_cannot_be_sent_waits_for_mlflow_sync(tmp_path, caplog):
+    """`tables` puts each sweep's summary on its parent run; when the store cannot be written
+    the summary waits in the tables folder, and `mlflow-sync` sends it once it can."""
+    from ssrl.tracking.mlflow_run import SWEEP_BUFFER_FILE, summarize_sweep, sync_buffers
+
+    results = tmp_path / "results"
+    db = results / "mlflow.db"
+    db.mkdir(parents=True)  # something in the way of the database: it cannot be created
+    tables = results / "tables"
+    tables.mkdir()
+    (tables / "ablation.md").write_text("| variant | EER |\n")
+    uri = f"sqlite:///{db}"
+    for eer in (9.0, 7.5):  # a second summary of the same sweep replaces the first
+        assert not summarize_sweep(uri, "exp", "ablation-exp", {"full/test/eer": eer},
+                                   {"best": "full"}, [tables / "ablation.md"],
+                                   buffer_dir=tables)
+    waiting = _buffer_lines(tables / SWEEP_BUFFER_FILE)
+    assert [r["metrics"] for r in waiting] == [{"full/test/eer": 7.5}]
+    assert sync_buffers(results) == [(tables / SWEEP_BUFFER_FILE, 1)]
+
+    db.rmdir()  # the way is free again; the sweep's runs exist
+    with Tracker(uri, "exp", "ssrl-full", results / "full", parent_run_name="ablation-exp"):
+        pass
+    assert sync_buffers(results) == []
+    client = mlflow.MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
+                                "tags.sweep_parent = 'true'")[0]
+    assert parent.data.metrics == {"full/test/eer": 7.5} and parent.data.tags["best"] == "full"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["ablation.md"]
+
+
+def _buffer_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -690,16 +690,32 @@ def sync_buffers(root: Path) -> list[tuple[Path, int]]:
         if path.name == BUFFER_FILE and (path.parent / STATE_FILE).is_file():
             with contextlib.suppress(Exception):
                 replay_buffer(path.parent)
+        elif path.name == SWEEP_BUFFER_FILE:
+            _replay_sweeps(path)
         if path.is_file():
             left.append((path, len(_read_buffer(path))))
     return left
 
 
+#: Sweep summaries `tables` could not send, kept in its output folder (`summarize_sweep`).
+SWEEP_BUFFER_FILE = "mlflow_buffer.sweeps.jsonl"
+
+
 def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str, float],
-                    tags: Mapping[str, str], artifacts: list[Path]) -> bool:
+                    tags: Mapping[str, str], artifacts: list[Path],
+                    buffer_dir: Path | None = None) -> bool:
     """Put a sweep's summary on its parent run (which otherwise holds nothing): the table of
     its children as artifacts, their final numbers, the best child. False with a warning when
-    the store or the parent cannot be reached."""
+    the store or the parent cannot be reached; with `buffer_dir` the summary then waits in
+    `buffer_dir/mlflow_buffer.sweeps.jsonl` for `sync_buffers` (a newer summary of the same
+    sweep replaces it)."""
+    record = {"op": "sweep", "uri": uri, "experiment": experiment, "parent": parent,
+              "metrics": {str(k): float(v) for k, v in metrics.items()},
+              "tags": {str(k): str(v) for k, v in tags.items()},
+              "artifacts": [str(Path(p).resolve()) for p in artifacts]}
+    buffer = Path(buffer_dir) / SWEEP_BUFFER_FILE if buffer_dir is not None else None
+    if buffer is not None and buffer.exists():  # superseded by this one
+        _write_buffer(buffer, [r for r in _read_buffer(buffer) if r.get("parent") != parent])
     try:
         with _fast_fail():
             client = open_client(uri)
@@ -712,9 +728,21 @@ def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str
                 return False
             _log_to_run(client, run_id, metrics, tags, artifacts)
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
-        log.warning("sweep summary not logged to %s (%s)", parent, _short(err))
+        log.warning("sweep summary not logged to %s (%s)%s", parent, _short(err),
+                    f"; kept in {buffer}" if buffer is not None else "")
+        if buffer is not None:
+            _append_buffer(buffer, record)
         return False
     return True
+
+
+def _replay_sweeps(buffer: Path) -> None:
+    """Send the sweep summaries waiting in `buffer`; those that still fail stay."""
+    records = _read_buffer(buffer)
+    buffer.unlink()
+    for r in records:
+        summarize_sweep(r["uri"], r["experiment"], r["parent"], r["metrics"], r["tags"],
+                        [Path(p) for p in r["artifacts"]], buffer_dir=buffer.parent)
 
 
 def relocate_artifacts(db: Path) -> int:
