@@ -45,7 +45,8 @@ onsuccess:
 
 
 onerror:
-    subprocess.run(["python", "-m", "ssrl", "mlflow-sync", "--results", R], check=False)
+    # (only listed: a job stopped by the error may still be closing its MLflow run)
+    subprocess.run(["python", "-m", "ssrl", "mlflow-sync", "--list", "--results", R], check=False)
     # Under --keep-going one failed job (e.g. a crashing ablation variant) must not hide the
     # results of the others: write the tables and plots from what finished into partial/
     # subfolders; every system whose files are missing becomes a `failed` row. (Not in the rules'

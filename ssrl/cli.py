@@ -287,7 +287,7 @@ def cmd_mlflow_sync(a: argparse.Namespace) -> None:
     server down), and say what is still buffered: the workflow runs it at its end."""
     from ssrl.tracking.mlflow_run import sync_buffers
 
-    left = sync_buffers(Path(a.results))
+    left = sync_buffers(Path(a.results), send=not a.list)
     for path, n in left:
         log.warning("MLflow: %d tracking record(s) still buffered in %s (the store could not "
                     "be written); run `python -m ssrl mlflow-sync --results %s` once it can",
@@ -475,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("mlflow-sync", cmd_mlflow_sync, "send tracking records buffered under a results "
             "folder to MLflow, and list what is still buffered")
     s.add_argument("--results", required=True, help="the experiment's results folder")
+    s.add_argument("--list", action="store_true",
+                   help="only say what is buffered (send nothing): while jobs may still be "
+                        "writing their buffers")
 
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
     s.add_argument("--run-dir", help="the model's training folder: log the export to its run")

@@ -481,6 +481,10 @@ def test_full_disk_buffers_every_record_and_mlflow_sync_sends_them(tmp_path, mak
     still = _ssrl("mlflow-sync", "--results", str(results), limit=FULL_DISK)
     assert still.returncode == 0
     assert f"still buffered in {run_dir / BUFFER_FILE}" in still.stderr
+    listed = _ssrl("mlflow-sync", "--list", "--results", str(results))  # what onerror runs
+    assert f"{len(ops)} tracking record(s) still buffered in {run_dir / BUFFER_FILE}" \
+        in listed.stderr
+    assert not (results / "mlflow.db").exists()
 
     synced = _ssrl("mlflow-sync", "--results", str(results))  # space freed
     assert synced.returncode == 0, synced.stderr

@@ -682,12 +682,16 @@ def pending_buffers(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("mlflow_buffer*.jsonl") if p.is_file())
 
 
-def sync_buffers(root: Path) -> list[tuple[Path, int]]:
+def sync_buffers(root: Path, send: bool = True) -> list[tuple[Path, int]]:
     """Replay every job's buffer under `root` (e.g. after the disk was freed or the server came
-    back); returns each buffer still left with its record count."""
+    back); returns each buffer still left with its record count. Run it when no job of the
+    folder is running (the workflow does at its end, under its lock); `send=False` only
+    lists."""
     left = []
     for path in pending_buffers(root):
-        if path.name == BUFFER_FILE and (path.parent / STATE_FILE).is_file():
+        if not send:
+            pass
+        elif path.name == BUFFER_FILE and (path.parent / STATE_FILE).is_file():
             with contextlib.suppress(Exception):
                 replay_buffer(path.parent)
         elif path.name == SWEEP_BUFFER_FILE:
