@@ -347,6 +347,8 @@ OUTPUT_OPTIONS = ("out", "out_dir")
 #: Options that name what a step reads: no output may be, lie inside or contain one of them.
 INPUT_OPTIONS = ("job", "data", "store", "feats", "model", "embeddings", "trials", "test_dir",
                  "utt2spk", "train_embeddings", "labels", "train", "noise", "rir", "dev", "init")
+#: Options that may name a list file (wav.scp): its folder, with the audio, is the input.
+LIST_OPTIONS = ("data", "store")
 #: Folders a step reads from and writes into (`tables --root R --out-dir R/tables`).
 CONTAINER_OPTIONS = ("root",)
 
@@ -366,7 +368,11 @@ def check_step_paths(a: argparse.Namespace) -> None:
     def paths(key: str) -> list[str]:
         value = getattr(a, key, None)
         values = value if isinstance(value, list) else [value] if value else []
-        return [str(_trial_spec(v)[1]) if key == "trials" else v for v in values]
+        if key == "trials":
+            return [str(_trial_spec(v)[1]) for v in values]
+        if key in LIST_OPTIONS:  # a wav.scp given as a file: the audio beside it is read too
+            return [str(Path(v).parent) if Path(v).is_file() else v for v in values]
+        return values
 
     flag = {k: "--" + k.replace("_", "-") for k in INPUT_OPTIONS + CONTAINER_OPTIONS}
     check_outputs(_outputs(a), {flag[k]: paths(k) for k in INPUT_OPTIONS},

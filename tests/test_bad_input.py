@@ -427,6 +427,8 @@ def overwrite_cases(u: Path) -> list[list[str]]:
         ["embed", "--model", f"{u}/model.pt", "--data", f"{u}/S", "--out", f"{u}/S/index.npz"],
         ["embed", "--model", f"{u}/model.pt", "--feats", f"{u}/S", "--out", f"{u}/S/e.ark"],
         ["embed", "--model", f"{u}/model.pt", "--data", str(u), "--out", f"{u}/model.scp"],
+        ["embed", "--model", f"{u}/model.pt", "--data", f"{u}/wav.scp", "--out", f"{u}/a.wav"],
+        ["baseline", "--store", f"{u}/wav.scp", "--out", f"{u}/e.npz"],
         ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"x={u}/scores_x.txt",
          "--replicates", "0", "--scores-dir", str(u), "--out", f"{u}/../m.json"],
         ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials", "--replicates",
