@@ -38,7 +38,15 @@ rule all:
     default_target: True
 
 
+onsuccess:
+    # Records a job could not send to MLflow (a full disk, a server down) wait in its
+    # mlflow_buffer.jsonl: send them now, or say which are still waiting.
+    subprocess.run(["python", "-m", "ssrl", "mlflow-sync", "--results", R], check=False)
+
+
 onerror:
+    # (only listed: a job stopped by the error may still be closing its MLflow run)
+    subprocess.run(["python", "-m", "ssrl", "mlflow-sync", "--list", "--results", R], check=False)
     # Under --keep-going one failed job (e.g. a crashing ablation variant) must not hide the
     # results of the others: write the tables and plots from what finished into partial/
     # subfolders; every system whose files are missing becomes a `failed` row. (Not in the rules'

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ssrl.files import InputError, OutputError, check_apart, read_json, write_json
+from ssrl.files import InputError, OutputError, check_outputs, read_json, write_json
 from ssrl.tracking.console import job_label, progress_bars, setup_logging
 
 log = logging.getLogger("ssrl")
@@ -78,7 +78,6 @@ def cmd_wave_store(a: argparse.Namespace) -> None:
     from ssrl.data.stores import build_wave_store
 
     data = _job(a.job).get("data", {})
-    check_apart(a.out, a.data)
     report = build_wave_store(read_kaldi_dir(Path(a.data)), Path(a.out),
                               on_bad=data.get("on_bad", a.on_bad),
                               min_seconds=data.get("min_seconds", a.min_seconds),
@@ -91,7 +90,6 @@ def cmd_feature_store(a: argparse.Namespace) -> None:
     from ssrl.models.frontend import Frontend
 
     f = _job(a.job).get("features", {"frontend": "logmel", "n_mels": 80})
-    check_apart(a.out, a.store)
     frontend = Frontend(f["frontend"], n_mels=f["n_mels"])
     build_feat_store(WaveStore(Path(a.store)), frontend, Path(a.out),
                      frontend_meta=frontend.describe(), progress=progress_bars())
@@ -164,8 +162,8 @@ def cmd_embed(a: argparse.Namespace) -> None:
     import torch
 
     from ssrl.data.stores import FeatStore, open_waves
-    from ssrl.evaluation.embed import embed_feats, embed_waves
-    from ssrl.evaluation.scoring import embeddings_format, save_embeddings
+    from ssrl.evaluation.embed import check_feats_frontend, embed_feats, embed_waves
+    from ssrl.evaluation.scoring import check_finite, embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
     from ssrl.training.runtime import init_runtime
 
@@ -175,13 +173,23 @@ def cmd_embed(a: argparse.Namespace) -> None:
     with torch.no_grad():
         if a.feats:
             store = FeatStore(Path(a.feats))
+            check_feats_frontend(store, model.frontend.describe(), a.model)
             emb = embed_feats(model.encoder, store, device, a.segment_seconds, progress_bars(), d)
         else:
             store = open_waves(Path(a.data))
             emb = embed_waves(model.encoder, model.frontend, store, device, a.segment_seconds,
                               progress_bars(), d)
     if d.main:
+        check_finite(emb, list(store.utt_ids), a.model)  # a model that computes NaN
         save_embeddings(a.out, list(store.utt_ids), emb)
+
+
+def _trial_spec(spec: str) -> tuple[str, Path]:
+    """`[name=]trial_file` -> (name, path); a path that holds '=' is a path."""
+    name, sep, path = spec.partition("=")
+    if not sep or "/" in name or Path(spec).exists():
+        name, path = Path(spec).stem, spec
+    return name, Path(path)
 
 
 def _trial_lists(a: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str] | None]:
@@ -202,10 +210,8 @@ def _trial_lists(a: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]
         lists.update(data.trials)
         utt2spk = data.utt2spk or utt2spk
     for spec in a.trials or []:
-        name, sep, path = spec.partition("=")
-        if not sep or "/" in name or Path(spec).exists():  # a path that holds '=' is a path
-            name, path = Path(spec).stem, spec
-        lists[name] = Path(path)
+        name, path = _trial_spec(spec)
+        lists[name] = path
     if a.utt2spk:
         utt2spk = read_map(a.utt2spk)
     return lists, utt2spk
@@ -242,12 +248,31 @@ def cmd_score(a: argparse.Namespace) -> None:
         annotate_run(Path(a.run_dir), metrics)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """InputError when `host:port` cannot be bound (another server holds it)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise InputError(f"--host {host}: unknown host ({err.strerror or err})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise InputError(f"--port {port}: {host}:{port} is not free ({err.strerror or err}); "
+                             "is an MLflow UI already running? choose another --port") from None
+
+
 def cmd_mlflow_ui(a: argparse.Namespace) -> None:
     """The MLflow UI on an experiment's SQLite store, wherever its results folder now is."""
     import os
 
     from ssrl.tracking.mlflow_run import relocate_artifacts
 
+    _check_port_free(a.host, a.port)  # else the server fails after start-up and exits 0
     db = Path(a.results) / "mlflow.db"
     moved = relocate_artifacts(db)
     if moved:
@@ -259,6 +284,21 @@ def cmd_mlflow_ui(a: argparse.Namespace) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
                                f"sqlite:///{db.resolve()}", "--host", a.host, "--port",
                                str(a.port)], env)
+
+
+def cmd_mlflow_sync(a: argparse.Namespace) -> None:
+    """Send what jobs buffered while the MLflow store could not be written (a full disk, a
+    server down), and say what is still buffered: the workflow runs it at its end."""
+    from ssrl.tracking.mlflow_run import sync_buffers
+
+    left = sync_buffers(Path(a.results), send=not a.list)
+    for path, n in left:
+        log.warning("MLflow: %d tracking record(s) still buffered in %s (the store could not "
+                    "be written); run `python -m ssrl mlflow-sync --results %s` once it can",
+                    n, path, a.results)
+    if not left:
+        log.info("MLflow: nothing buffered under %s; every tracking record is in the store",
+                 a.results)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -294,13 +334,53 @@ def cmd_tables(a: argparse.Namespace) -> None:
             best = min(eers, key=eers.get)
             summarize_sweep(uri, job["experiment"], f"{sweep}-{job['experiment']}",
                             {f"{name}/test/eer": v for name, v in eers.items()},
-                            {"best": best}, [out / f for f in files])
+                            {"best": best}, [out / f for f in files], buffer_dir=out)
 
 
 def cmd_plots(a: argparse.Namespace) -> None:
     from ssrl.report.plots import write_plots
 
     write_plots(_job(a.job), Path(a.root), Path(a.out_dir))
+
+
+# --- the one rule for every step's outputs ---------------------------------------------------
+
+#: Options that name what a step writes (a file, or a folder it replaces or writes into).
+#: (`score --scores-dir` is a folder it adds files to: `score_lists` checks each file.)
+OUTPUT_OPTIONS = ("out", "out_dir")
+#: Options that name what a step reads: no output may be, lie inside or contain one of them.
+INPUT_OPTIONS = ("job", "data", "store", "feats", "model", "embeddings", "trials", "test_dir",
+                 "utt2spk", "train_embeddings", "labels", "train", "noise", "rir", "dev", "init")
+#: Options that may name a list file (wav.scp): its folder, with the audio, is the input.
+LIST_OPTIONS = ("data", "store")
+#: Folders a step reads from and writes into (`tables --root R --out-dir R/tables`).
+CONTAINER_OPTIONS = ("root",)
+
+
+def _outputs(a: argparse.Namespace) -> list[Path]:
+    """Every path a step writes: `embed --out X.scp` also writes X.ark (and the reverse)."""
+    outs = [Path(getattr(a, k)) for k in OUTPUT_OPTIONS if getattr(a, k, None)]
+    if a.cmd == "embed" and Path(a.out).suffix.lower() in (".ark", ".scp"):
+        from ssrl.evaluation.scoring import kaldi_pair
+
+        outs += kaldi_pair(a.out)
+    return outs
+
+
+def check_step_paths(a: argparse.Namespace) -> None:
+    """No step writes over (or into) its own inputs; OutputError before any work."""
+    def paths(key: str) -> list[str]:
+        value = getattr(a, key, None)
+        values = value if isinstance(value, list) else [value] if value else []
+        if key == "trials":
+            return [str(_trial_spec(v)[1]) for v in values]
+        if key in LIST_OPTIONS:  # a wav.scp given as a file: the audio beside it is read too
+            return [str(Path(v).parent) if Path(v).is_file() else v for v in values]
+        return values
+
+    flag = {k: "--" + k.replace("_", "-") for k in INPUT_OPTIONS + CONTAINER_OPTIONS}
+    check_outputs(_outputs(a), {flag[k]: paths(k) for k in INPUT_OPTIONS},
+                  {flag[k]: paths(k) for k in CONTAINER_OPTIONS})
 
 
 # --- the table of commands -----------------------------------------------------------------
@@ -402,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
 
+    s = add("mlflow-sync", cmd_mlflow_sync, "send tracking records buffered under a results "
+            "folder to MLflow, and list what is still buffered")
+    s.add_argument("--results", required=True, help="the experiment's results folder")
+    s.add_argument("--list", action="store_true",
+                   help="only say what is buffered (send nothing): while jobs may still be "
+                        "writing their buffers")
+
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
     s.add_argument("--run-dir", help="the model's training folder: log the export to its run")
     s.add_argument("--model", required=True)
@@ -432,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         label = args.cmd  # the command itself reports the unreadable job file
     setup_logging(label, args.verbose)
     try:
+        check_step_paths(args)
         args.fn(args)
     except (InputError, OutputError) as err:
         print(f"ssrl {args.cmd}: error: {err}", file=sys.stderr)

@@ -44,8 +44,33 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+#: Values (keys, items, scalars) a config may hold once YAML aliases are expanded. The largest
+#: preset holds a few hundred; a "billion laughs" file (aliases of aliases) holds billions, and
+#: anything that walks it (the schema's error message prints it) spins for minutes.
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_size(config: Any, source: str = "config") -> None:
+    """InputError when `config` expands to more than MAX_CONFIG_VALUES values. Stops counting
+    there, so the check itself is bounded whatever the aliases multiply to."""
+    count, stack = 0, [config]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            count += len(node)
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        if count > MAX_CONFIG_VALUES:
+            raise InputError(f"{source}: more than {MAX_CONFIG_VALUES} values once its YAML "
+                             "aliases are expanded (aliases of aliases, a 'billion laughs' "
+                             "file?); refusing to read it")
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Validate and fill defaults; an error names the offending key and what was expected."""
+    check_size(config)
     schema = yaml.safe_load(SCHEMA.read_text())
     cfg = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -63,7 +88,9 @@ def load_config(*paths: str | Path, overrides: dict | None = None) -> dict[str, 
     for path in paths or (ROOT / "config.yaml",):
         path = Path(path)
         try:
-            cfg = merge(cfg, yaml.safe_load(path.read_text()) or {})
+            loaded = yaml.safe_load(path.read_text()) or {}
+            check_size(loaded, str(path))
+            cfg = merge(cfg, loaded)
         except FileNotFoundError:
             raise InputError(f"{path}: config file not found") from None
         except yaml.YAMLError as err:
@@ -123,7 +150,8 @@ def _check_ssrl(c: dict, where: str) -> None:
 def check_config(config: dict, n_train_utts: int | None = None) -> None:
     """Raise InputError (naming the key) for a config the workflow cannot run correctly:
     variant names and grid points that collide, an SSRL timetable that breaks the queue's
-    relation, crops too short for the front end, more clusters than training utterances."""
+    relation, crops too short for the front end, more clusters or a larger batch than there
+    are training utterances (the schema caps batch sizes at 65536 whatever the data)."""
     if config["data"]["source"] == "builtin":
         from ssrl.data.synth import CorpusSpec
 
@@ -167,3 +195,14 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
             if k > n_train_utts:
                 raise InputError(f"config key {key}: {k} clusters but only {n_train_utts} "
                                  "training utterances")
+        # a batch larger than the training set repeats utterances within one step, and an
+        # absurd one (1e8) would run into the OOM killer minutes later instead of failing here
+        sizes = {"dino.batch_size": config["dino"]["batch_size"],
+                 "ssrl.batch_size": ssrl["batch_size"]}
+        sizes.update({f"ablation.variants.{i}.batch_size": v["batch_size"]
+                      for i, v in enumerate(variants) if v.get("batch_size")})
+        for key, size in sizes.items():
+            if size > n_train_utts:
+                raise InputError(f"config key {key}: a batch of {size} utterances but only "
+                                 f"{n_train_utts} training utterances (each batch would repeat "
+                                 "utterances); use at most that many")

@@ -94,16 +94,46 @@ def check_replaceable(path: str | os.PathLike) -> None:
                       "it (choose another output folder, or remove it yourself)")
 
 
-def check_apart(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
-    """An output must be neither one of the inputs nor inside or around one of them."""
-    out = Path(os.path.abspath(out))
+def _overlap(out: Path, src: Path) -> bool:
+    return out == src or src in out.parents or out in src.parents
+
+
+def check_apart(out: str | os.PathLike, *inputs: str | os.PathLike | None,
+                flags: dict[str, str] | None = None) -> None:
+    """An output must be neither one of the inputs nor inside or around one of them.
+
+    Paths are compared after resolving symbolic links, so a link to an input is that input.
+    `flags` names the option each input came from (path -> "--trials"), for the message.
+    """
+    out_abs = Path(os.path.realpath(out))
     for item in inputs:
         if item is None:
             continue
-        src = Path(os.path.abspath(item))
-        if out == src or src in out.parents or out in src.parents:
-            raise OutputError(f"{out}: the output would overlap the input {src}; "
-                              "choose an output folder outside it")
+        src = Path(os.path.realpath(item))
+        if _overlap(out_abs, src):
+            given = f" ({flags[os.fspath(item)]})" if flags and os.fspath(item) in flags else ""
+            raise OutputError(f"{out}: the output would overlap the input {item}{given}; "
+                              "choose an output path outside it")
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike],
+                  inputs: dict[str, list[str | os.PathLike]],
+                  containers: dict[str, list[str | os.PathLike]] | None = None) -> None:
+    """The one rule for every step's outputs: none may name, lie inside or contain any of the
+    step's inputs (`inputs`: option -> its paths). A container (the experiment folder that
+    `tables` reads) may hold the outputs but may not be, or lie inside, one of them. Checked
+    before any work, so a refused command leaves its inputs untouched."""
+    flags = {os.fspath(p): flag for flag, paths in inputs.items() for p in paths}
+    every = [p for paths in inputs.values() for p in paths]
+    for out in outputs:
+        check_apart(out, *every, flags=flags)
+        out_abs = Path(os.path.realpath(out))
+        for flag, paths in (containers or {}).items():
+            for item in paths:
+                src = Path(os.path.realpath(item))
+                if out_abs == src or out_abs in src.parents:
+                    raise OutputError(f"{out}: the output would overlap the input {item} "
+                                      f"({flag}); choose an output path inside it")
 
 
 def _writer_gone(tmp: Path) -> bool:
@@ -204,6 +234,23 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """`torch.save` atomically. A failed write (a full disk) is one OutputError naming `path`:
+    torch reports it as a RuntimeError from its zip writer, not as an OSError."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as err:
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            text = " ".join(str(err).split())
+            raise OSError(0, "write failed: " + text[:200]) from None
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

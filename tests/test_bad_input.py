@@ -85,11 +85,15 @@ def test_corrupt_audio(capsys, data, tmp_path):
     ("silent", "silent audio (all samples are zero)"),
     ("nan", "audio contains NaN or infinite samples"),
     ("short", "too short (0.250 s < min_seconds 0.5 s)"),
+    ("cancelling", "silent audio after down-mixing 2 channels to mono (the channels cancel: "
+                   "one is the other inverted)"),
 ])
 def test_unusable_audio(capsys, data, tmp_path, kind, reason):
     wav = add_utt(data, "c", "c.wav")
+    tone = np.sin(np.arange(16000) / 5)
     samples = {"empty": np.zeros(0), "silent": np.zeros(16000), "short": np.full(4000, 0.1),
-               "nan": np.where(np.arange(16000) == 99, np.nan, 0.1)}[kind]
+               "nan": np.where(np.arange(16000) == 99, np.nan, 0.1),
+               "cancelling": np.stack([tone, -tone], axis=1)}[kind]
     sf.write(wav, samples.astype(np.float32), 16000, subtype="FLOAT")
     line = store_error(capsys, data, tmp_path / "store")
     assert line == f"ssrl wave-store: error: {data}/wav.scp:3: {wav}: {reason}"
@@ -269,7 +273,7 @@ def test_store_refuses_to_replace_a_folder_it_did_not_make(capsys, data, thesis,
     # its own input: the user's wav.scp and audio stay
     line = _refused(["wave-store", "--data", str(data), "--out", str(data)])
     assert line == (f"ssrl wave-store: error: {data}: the output would overlap the input "
-                    f"{data}; choose an output folder outside it")
+                    f"{data} (--data); choose an output path outside it")
     assert (data / "wav.scp").is_file() and (data / "a.wav").is_file()
     # a folder ssrl made (it has the marker) is replaced: reruns work
     out = tmp_path / "store"
@@ -383,3 +387,232 @@ def test_a_list_without_targets_is_one_line_and_writes_nothing(capsys, tmp_path,
         f"ssrl score: error: {trials}: no target trials: EER and minDCF are undefined (remove "
         "the labels to score it without metrics)"]
     assert not (tmp_path / "scored").exists()
+
+
+# --- no step writes over (or into) its own inputs ----------------------------------------------
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def user(tmp_path: Path, make_wav) -> Path:
+    """The user's folder U: a Kaldi folder with trials, embeddings, a model, a store-like
+    folder S and a job file: every input a step can be given."""
+    u = tmp_path / "U"
+    make_wav(u / "a.wav", 1.0, seed=1)
+    make_wav(u / "b.wav", 1.0, seed=2)
+    make_wav(u / "c.wav", 1.0, seed=3)
+    (u / "wav.scp").write_text("a a.wav\nb b.wav\nc c.wav\n")
+    (u / "trials").write_text("a b nontarget\na c target\n")
+    (u / "scores_x.txt").write_text("a b nontarget\na c target\n")
+    np.savez(u / "emb.npz", utt_ids=np.array(["a", "b", "c"]),
+             emb=np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32))
+    _model_file(u / "model.pt", TINY, TINY)
+    (u / "S").mkdir()
+    (u / "S" / "index.npz").write_bytes(b"the store's index")
+    (u / "job.json").write_text("{}\n")
+    return u
+
+
+def overwrite_cases(u: Path) -> list[list[str]]:
+    """One command per step (and the four cases of issue 19) whose output is one of its
+    inputs, lies inside one, or contains one."""
+    return [
+        ["embed", "--model", f"{u}/model.pt", "--data", str(u), "--out", f"{u}/wav.scp"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials",
+         "--replicates", "0", "--out", f"{u}/trials"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials",
+         "--replicates", "0", "--out", f"{u}/emb.npz"],
+        ["embed", "--model", f"{u}/model.pt", "--data", f"{u}/S", "--out", f"{u}/S/index.npz"],
+        ["embed", "--model", f"{u}/model.pt", "--feats", f"{u}/S", "--out", f"{u}/S/e.ark"],
+        ["embed", "--model", f"{u}/model.pt", "--data", str(u), "--out", f"{u}/model.scp"],
+        ["embed", "--model", f"{u}/model.pt", "--data", f"{u}/wav.scp", "--out", f"{u}/a.wav"],
+        ["baseline", "--store", f"{u}/wav.scp", "--out", f"{u}/e.npz"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"x={u}/scores_x.txt",
+         "--replicates", "0", "--scores-dir", str(u), "--out", f"{u}/../m.json"],
+        ["score", "--embeddings", f"{u}/emb.npz", "--trials", f"{u}/trials", "--replicates",
+         "0", "--out", f"{u}/job.json", "--job", f"{u}/job.json"],
+        ["wave-store", "--data", str(u), "--out", f"{u}/S"],
+        ["feature-store", "--store", f"{u}/S", "--out", f"{u}/S/feats"],
+        ["baseline", "--store", f"{u}/S", "--out", f"{u}/S/index.npz"],
+        ["cluster", "--job", f"{u}/job.json", "--model", f"{u}/model.pt", "--train", f"{u}/S",
+         "--out", str(u)],
+        ["dino", "--job", f"{u}/job.json", "--train", f"{u}/S", "--noise", str(u),
+         "--out", f"{u}/dino"],
+        ["ssrl", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init", f"{u}/model.pt",
+         "--labels", f"{u}/emb.npz", "--out", f"{u}/emb.npz"],
+        ["iterative", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init",
+         f"{u}/model.pt", "--labels", f"{u}/emb.npz", "--out", f"{u}/S/run"],
+        ["supervised", "--job", f"{u}/job.json", "--train", f"{u}/S", "--init",
+         f"{u}/model.pt", "--dev", f"{u}/S", "--out", str(u.parent)],
+        ["export", "--model", f"{u}/model.pt", "--out-dir", str(u)],
+        ["tables", "--job", f"{u}/job.json", "--root", str(u), "--out-dir", str(u)],
+        ["plots", "--job", f"{u}/job.json", "--root", f"{u}/S", "--out-dir", str(u)],
+    ]
+
+
+def test_no_step_writes_over_its_inputs(user):
+    before = _snapshot(user.parent)
+    steps = set()
+    for argv in overwrite_cases(user):
+        line = _refused(argv)
+        steps.add(argv[0])
+        assert line.startswith(f"ssrl {argv[0]}: error: "), line
+        assert "the output would overlap the input " in line, line
+        assert _snapshot(user.parent) == before, argv
+    # every step with an output path and an input is covered
+    assert steps == {"embed", "score", "wave-store", "feature-store", "baseline", "cluster",
+                     "dino", "ssrl", "iterative", "supervised", "export", "tables", "plots"}
+
+
+def test_the_overwrite_message_names_output_input_and_option(user):
+    assert _refused(["embed", "--model", f"{user}/model.pt", "--data", str(user),
+                     "--out", f"{user}/wav.scp"]) == (
+        f"ssrl embed: error: {user}/wav.scp: the output would overlap the input {user} "
+        "(--data); choose an output path outside it")
+    assert _refused(["score", "--embeddings", f"{user}/emb.npz", "--trials", f"{user}/trials",
+                     "--out", f"{user}/trials"]) == (
+        f"ssrl score: error: {user}/trials: the output would overlap the input {user}/trials "
+        "(--trials); choose an output path outside it")
+    # a symbolic link to an input is that input
+    link = user.parent / "link.npz"
+    link.symlink_to(user / "emb.npz")
+    line = _refused(["score", "--embeddings", f"{user}/emb.npz", "--trials", f"{user}/trials",
+                     "--out", str(link)])
+    assert line.startswith(f"ssrl score: error: {link}: the output would overlap the input")
+
+
+def test_outputs_beside_the_inputs_are_fine(capsys, user, tmp_path):
+    """The rule refuses overlaps only: scores next to the user's trials, tables inside the
+    experiment folder they summarise."""
+    rc, err = cli(capsys, "embed", "--model", f"{user}/model.pt", "--data", str(user),
+                  "--out", str(tmp_path / "emb_new.npz"))
+    assert rc == 0, err
+    rc, err = cli(capsys, "score", "--embeddings", f"{user}/emb.npz", "--trials",
+                  f"{user}/trials", "--replicates", "0", "--scores-dir", str(user),
+                  "--out", str(tmp_path / "metrics.json"))
+    assert rc == 0, err
+    assert (user / "scores_trials.txt").read_text().splitlines()[0].split()[:2] == ["a", "b"]
+
+
+# --- corrupt, diverged or edited model files; non-finite embeddings ----------------------------
+def _edit_model(path: Path, edit, reseal: bool) -> None:
+    """Change a model file's content as a user (or a bad disk) might; `reseal` recomputes the
+    checksum, as a file saved by a training that diverged would have one."""
+    from ssrl.models.model_file import checksum
+
+    model = torch.load(path, weights_only=True)
+    edit(model)
+    if reseal:
+        model["checksum"] = checksum(model)
+    torch.save(model, path)
+
+
+def _embed(model: Path, data: Path, out: Path) -> subprocess.CompletedProcess:
+    return python_m_ssrl("embed", "--model", str(model), "--data", str(data), "--out", str(out))
+
+
+def test_a_model_file_with_flipped_bytes_is_refused(data, tmp_path):
+    model = _model_file(tmp_path / "model.pt", TINY, TINY)
+    good = _embed(model, data, tmp_path / "good.npz")
+    assert good.returncode == 0, good.stderr
+    # the middle of the largest tensor's bytes (a small file's middle may be a zip header,
+    # which torch itself reports: "cannot load model file (...)", also one line)
+    import zipfile
+
+    with zipfile.ZipFile(model) as z:
+        big = max((i for i in z.infolist() if "/data/" in i.filename),
+                  key=lambda i: i.file_size)
+    raw = bytearray(model.read_bytes())
+    name_len, extra_len = np.frombuffer(raw[big.header_offset + 26:big.header_offset + 30],
+                                        dtype="<u2")
+    middle = big.header_offset + 30 + int(name_len) + int(extra_len) + big.file_size // 2 - 32
+    assert big.file_size >= 256
+    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+    model.write_bytes(bytes(raw))
+    out = tmp_path / "emb.npz"
+    line = _refused(["embed", "--model", str(model), "--data", str(data), "--out", str(out)])
+    assert line == (f"ssrl embed: error: {model}: model file is corrupt: the checksum of its "
+                    "weights and config does not match (changed after training); restore or "
+                    "retrain it")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("edit, reseal, reason", [
+    (lambda m: m["encoder"][next(iter(m["encoder"]))].view(-1).__setitem__(0, float("nan")),
+     True, "model weight {} holds NaN or infinite values (the training diverged); retrain it"),
+    (lambda m: m["encoder"][next(iter(m["encoder"]))].view(-1).__setitem__(0, float("inf")),
+     False, "model file is corrupt: the checksum"),
+    (lambda m: m["model_cfg"].__setitem__("preset", "ecapa_huge"), True,
+     "invalid model metadata (unknown model preset 'ecapa_huge'; known: "),
+    (lambda m: m["frontend"].__setitem__("kind", "mfcc"), True, "invalid model metadata ("),
+    (lambda m: m["frontend"].__setitem__("n_mels", 40), True,
+     "invalid model metadata (model n_mels 16 but front end n_mels 40)"),
+    (lambda m: m.__setitem__("meta", "dino"), True,
+     "invalid model metadata (meta is not a mapping)"),
+    (lambda m: m["model_cfg"].__setitem__("n_mels", 80), False, "model file is corrupt: the "),
+])
+def test_diverged_or_edited_model_files_are_one_line(data, tmp_path, edit, reseal, reason):
+    model = _model_file(tmp_path / "model.pt", TINY, TINY)
+    _edit_model(model, edit, reseal)
+    first = next(iter(torch.load(model, weights_only=True)["encoder"]))
+    line = _refused(["embed", "--model", str(model), "--data", str(data),
+                     "--out", str(tmp_path / "emb.npz")])
+    assert line.startswith(f"ssrl embed: error: {model}: " + reason.format(first)), line
+
+
+def test_a_model_file_without_checksum_loads_with_a_warning(data, tmp_path):
+    """Model files written before format 2 have no checksum: accepted, with a warning that
+    says their weights are not verified (docs/architecture.md)."""
+    model = _model_file(tmp_path / "model.pt", TINY, TINY)
+    _model_file(tmp_path / "same.pt", TINY, TINY)
+    _edit_model(model, lambda m: (m.pop("checksum"), m.__setitem__("format", 1)), False)
+    proc = _embed(model, data, tmp_path / "old.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{model}: model file without a checksum (written before model file format 2)" \
+        in proc.stderr
+    assert _embed(tmp_path / "same.pt", data, tmp_path / "new.npz").returncode == 0
+    with np.load(tmp_path / "old.npz") as old, np.load(tmp_path / "new.npz") as new:
+        np.testing.assert_array_equal(old["emb"], new["emb"])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_score_refuses_non_finite_embeddings(tmp_path, value):
+    emb = tmp_path / "emb.npz"
+    vectors = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    vectors[1, 0] = value
+    np.savez(emb, utt_ids=np.array(["a", "b", "c"]), emb=vectors)
+    (tmp_path / "trials").write_text("a b nontarget\na c target\n")
+    out = tmp_path / "metrics.json"
+    line = _refused(["score", "--embeddings", str(emb), "--trials", str(tmp_path / "trials"),
+                     "--out", str(out)])
+    assert line == (f"ssrl score: error: {emb}: 1 embedding(s) hold NaN or infinite values "
+                    "(first: utterance 'b')")
+    assert not out.exists()
+
+
+def test_embed_feats_refuses_a_feature_store_of_another_front_end(capsys, data, tmp_path):
+    model = _model_file(tmp_path / "model.pt", TINY, TINY)  # log-mel, 16 bands
+    store = tmp_path / "store"
+    assert cli(capsys, "wave-store", "--data", str(data), "--out", str(store))[0] == 0
+    for name, features in (("fbank", {"frontend": "fbank", "n_mels": 16}),
+                           ("logmel", {"frontend": "logmel", "n_mels": 16})):
+        job = tmp_path / f"{name}.json"
+        job.write_text(json.dumps({"features": features}))
+        rc, err = cli(capsys, "feature-store", "--job", str(job), "--store", str(store),
+                      "--out", str(tmp_path / name))
+        assert rc == 0, err
+    out = tmp_path / "emb.npz"
+    line = _refused(["embed", "--model", str(model), "--feats", str(tmp_path / "fbank"),
+                     "--out", str(out)])
+    assert line == (f"ssrl embed: error: {tmp_path}/fbank/meta.json: features of another front "
+                    f"end than the model {model} (kind 'fbank' here, 'logmel' in the model); "
+                    "rebuild the feature store with the model's front end, or embed the wave "
+                    "store (--data)")
+    assert not out.exists()
+    rc, err = cli(capsys, "embed", "--model", str(model), "--feats", str(tmp_path / "logmel"),
+                  "--out", str(out))
+    assert rc == 0, err
+    with np.load(out) as z:
+        assert z["utt_ids"].tolist() == ["a", "b"] and np.isfinite(z["emb"]).all()

@@ -212,6 +212,13 @@ def test_injection_attempts_create_nothing(tmp_path):
     ({"ssrl": {"student_seconds": 0.001}}, "ssrl.student_seconds: 0.001 s is shorter"),
     ({"ssrl": {"hold_epochs": 1}}, "ssrl.hold_epochs: 1 is too short for queue_len 3"),
     ({"ssrl": {"record_from_epoch": 1}}, "ssrl.record_from_epoch: 1 is later than"),
+    ({"ssrl": {"batch_size": 100000000}},
+     "ssrl.batch_size: 100000000 is greater than the maximum of 65536"),
+    ({"dino": {"batch_size": 100000000}},
+     "dino.batch_size: 100000000 is greater than the maximum of 65536"),
+    ({"ssrl": {"batch_size": 37}}, "ssrl.batch_size: a batch of 37 utterances but only 36 "
+                                   "training utterances (each batch would repeat utterances)"),
+    ({"dino": {"batch_size": 40}}, "dino.batch_size: a batch of 40 utterances but only 36"),
 ])
 def test_start_up_rejects_configs_that_would_break_or_mislead(extra, message):
     """Names that escape the layout, a variant that would replace or duplicate another, and
@@ -253,3 +260,44 @@ def test_the_documented_slurm_command_dry_runs(workflow_copy):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "dino" in out and "This was a dry-run" in out
+
+
+def test_snakemake_stops_on_an_absurd_batch_size(workflow_copy):
+    """1e8 would have run into the OOM killer minutes later; the workflow refuses it at start."""
+    proc = dry_run(workflow_copy, extra={"ssrl": {"batch_size": 100000000}})
+    assert proc.returncode == 1
+    assert "100000000 is greater than the maximum of 65536" in proc.stdout + proc.stderr
+    proc = dry_run(workflow_copy, extra={"dino": {"batch_size": 40}})
+    assert proc.returncode == 1
+    assert ("Invalid config: config key dino.batch_size: a batch of 40 utterances but only 36 "
+            "training utterances" in proc.stdout + proc.stderr)
+
+
+def billion_laughs(path: Path, depth: int = 6) -> Path:
+    """A YAML file of aliases of aliases: 9**depth strings once expanded, a few lines on disk."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth)]
+    lines.append(f"dino: {{note: *a{depth - 1}}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_an_alias_bomb_is_refused_before_it_is_walked(workflow_copy, tmp_path):
+    """Snakemake validating such a file spent two minutes printing it (issue 19); the workflow
+    and load_config refuse it with one line, whatever the aliases multiply to."""
+    from ssrl.config import MAX_CONFIG_VALUES, load_config
+
+    bomb = billion_laughs(workflow_copy / "bomb.yaml")
+    message = (f"more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded "
+               "(aliases of aliases, a 'billion laughs' file?); refusing to read it")
+    with pytest.raises(InputError) as err:
+        load_config(REPO / "config.yaml", bomb)
+    assert str(err.value) == f"{bomb}: {message}"
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1",
+           "--configfile", "config/smoke.yaml", "bomb.yaml"]
+    proc = subprocess.run(cmd, cwd=workflow_copy, env=ssrl_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert f"Invalid config: config: {message}" in out
+    assert "lol" not in out  # nothing printed the expanded values

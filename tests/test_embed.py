@@ -103,13 +103,13 @@ def test_ten_minute_file_embeds_in_bounded_memory(tmp_path):
                 "sys.exit(rc)")
         proc = subprocess.run([sys.executable, "-c", code, "embed", "--model",
                                str(tmp_path / "model.pt"), "--data", str(folder), "--out",
-                               str(folder / "emb.npz")], capture_output=True, text=True,
+                               str(tmp_path / f"emb_{name}.npz")], capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1",
                                    "PYTHONPATH": str(REPO)}, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         peaks[name] = int(proc.stdout.split("PEAK")[1]) / 1024  # MiB
     assert peaks["long"] - peaks["short"] < 300, peaks
-    _, short = load_embeddings(tmp_path / "short" / "emb.npz")
+    _, short = load_embeddings(tmp_path / "emb_short.npz")
     model = load_encoder(tmp_path / "model.pt")
     import soundfile as sf
 

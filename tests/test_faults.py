@@ -322,6 +322,35 @@ def test_cli_store_into_an_unwritable_place(tmp_path, make_wav):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "results"]
 
 
+def test_disk_full_while_dino_saves_is_one_line(smoke_run, tmp_path):
+    """Issue 19: DINO's `torch.save` on a full disk gave a multi-line traceback. Files may
+    grow to half a model file here (RLIMIT_FSIZE, as on a nearly full disk): the first
+    checkpoint cannot be written, the job stops with one line naming it, nothing half-written
+    is left, and the MLflow run (buffered: the server is down) ends FAILED."""
+    import resource
+
+    size = (smoke_run.results / "seed0" / "dino" / "model.pt").stat().st_size
+
+    def nearly_full() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    out = tmp_path / "dino"
+    cmd = train_cmd("dino", job("dino", smoke_run, tmp_path), smoke_run, out)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          env=ssrl_env(MLFLOW_TRACKING_URI=DEAD_URI), preexec_fn=nearly_full)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ssrl dino: error")]
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0])
+    assert errors[0].startswith(f"ssrl dino: error: {out}/")
+    assert errors[0].endswith(".pt: could not write output (File too large); nothing was kept")
+    assert not [p for p in out.rglob("*.tmp")] and not (out / "model.pt").exists()
+    assert [r for r in (json.loads(line) for line in
+                        (out / BUFFER_FILE).read_text().splitlines())
+            if r["op"] == "end"][-1]["status"] == "FAILED"
+
+
 # --- a crashing ablation variant (the shared smoke run, with --keep-going) ---------------------
 def test_crashing_variant_does_not_stop_the_others(smoke_run):
     crashed = smoke_run.crashed

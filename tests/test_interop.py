@@ -271,8 +271,8 @@ def test_embed_to_ark_equals_embed_to_npz(tmp_path: Path):
 
 
 def test_embed_refuses_an_unknown_output_name_before_working(tmp_path: Path, capsys):
-    rc = main(["embed", "--model", str(tmp_path / "missing.pt"), "--data", str(tmp_path),
-               "--out", str(tmp_path / "emb.txt")])
+    rc = main(["embed", "--model", str(tmp_path / "missing.pt"), "--data",
+               str(tmp_path / "data"), "--out", str(tmp_path / "emb.txt")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"ssrl embed: error: {tmp_path}/emb.txt: unknown "
                                       "embeddings format")

@@ -377,3 +377,159 @@ def test_mlflow_ui_serves_the_moved_store_without_mlflow_job_workers(tmp_path, m
     assert called["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     client = mlflow.MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
     assert client.get_experiment_by_name("exp").artifact_location.startswith(new.as_uri())
+
+
+def test_mlflow_ui_refuses_a_busy_port_in_one_line(tmp_path):
+    """`mlflow ui` on a busy port failed after start-up and exited 0; now: one line, exit 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "ssrl", "mlflow-ui", "--results",
+                               str(tmp_path), "--port", str(port)], capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"ssrl mlflow-ui: error: --port {port}: 127.0.0.1:{port} is not free (Address already "
+        "in use); is an MLflow UI already running? choose another --port"]
+
+
+# ------------------------------------------------------------- a full disk under the store
+def _limited(limit: int):
+    """preexec_fn: files may grow to `limit` bytes (RLIMIT_FSIZE), as on a nearly full disk;
+    a write beyond fails with EFBIG instead of killing the process."""
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+#: Room for the job's own small files but not for a new MLflow database (about 1 MB).
+FULL_DISK = 300_000
+
+
+def _ssrl(*argv: str, limit: int | None = None) -> subprocess.CompletedProcess:
+    from conftest import ssrl_env
+
+    return subprocess.run([sys.executable, "-m", "ssrl", *argv], capture_output=True, text=True,
+                          timeout=300, check=False, env=ssrl_env(),
+                          preexec_fn=_limited(limit) if limit else None)
+
+
+def test_store_left_half_created_by_a_full_disk_is_rebuilt(tmp_path):
+    """MLflow creates a new database migration by migration; a full disk in between leaves
+    one it cannot open again ("table ... already exists"). ssrl rebuilds it (it holds no runs)
+    and then tracks as usual."""
+    db = tmp_path / "mlflow.db"
+    make = ("import sys; from mlflow import MlflowClient; "
+            "MlflowClient(tracking_uri=sys.argv[1]).search_experiments()")
+    for limit in (200_000, 600_000):  # two places MLflow's own creation breaks off
+        db.unlink(missing_ok=True)
+        made = subprocess.run([sys.executable, "-c", make, f"sqlite:///{db}"],
+                              capture_output=True, text=True, timeout=300, check=False,
+                              preexec_fn=_limited(limit))
+        assert made.returncode != 0 and db.is_file()
+        reopened = subprocess.run([sys.executable, "-c", make, f"sqlite:///{db}"],
+                                  capture_output=True, text=True, timeout=300, check=False)
+        assert "already exists" in reopened.stderr  # MLflow alone cannot open it any more
+        state = tmp_path / f"job{limit}"
+        with Tracker(f"sqlite:///{db}", "exp", "job", state) as tr:
+            tr.log_metrics({"test/eer": 12.5}, step=0)
+        assert not (state / BUFFER_FILE).exists()
+        run_id = json.loads((state / STATE_FILE).read_text())["run_id"]
+        run = mlflow.MlflowClient(f"sqlite:///{db}").get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["test/eer"] == 12.5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".mlflow.db.")) \
+        == [".mlflow.db.lock"]
+
+
+def test_full_disk_buffers_every_record_and_mlflow_sync_sends_them(tmp_path, make_wav):
+    """Issue 19: with the disk full while the store is first created, a job (here the floor's
+    `baseline`) and the `score` that puts `test/eer` on its run (annotate_run) keep everything
+    in their buffer and leave no half-made database; once there is room, `mlflow-sync` sends
+    every number and nothing stays buffered."""
+    data = tmp_path / "data"
+    for i, utt in enumerate("abcd"):
+        make_wav(data / f"{utt}.wav", 1.0, seed=i)
+    (data / "wav.scp").write_text("".join(f"{u} {u}.wav\n" for u in "abcd"))
+    (data / "utt2spk").write_text("a s1\nb s1\nc s2\nd s2\n")
+    (data / "trials").write_text("a b target\na c nontarget\nc d target\nb d nontarget\n")
+    results = tmp_path / "results"
+    store = results / "store"
+    assert _ssrl("wave-store", "--data", str(data), "--out", str(store)).returncode == 0
+    job = results / "job.json"
+    job.write_text(json.dumps({"job": {"results_dir": str(results), "experiment": "exp",
+                                       "name": "floor", "stage": "baseline"}}))
+    run_dir, emb = results / "baseline", results / "eval" / "emb.npz"
+    metrics = results / "eval" / "metrics.json"
+
+    base = _ssrl("baseline", "--job", str(job), "--store", str(store), "--out", str(emb),
+                 "--run-dir", str(run_dir), limit=FULL_DISK)
+    assert base.returncode == 0, base.stderr  # tracking never fails the job
+    score = _ssrl("score", "--job", str(job), "--embeddings", str(emb), "--store", str(store),
+                  "--replicates", "0", "--run-dir", str(run_dir), "--out", str(metrics),
+                  limit=FULL_DISK)
+    assert score.returncode == 0, score.stderr
+    assert "MLflow run of" in score.stderr and "not updated yet" in score.stderr
+    assert not (results / "mlflow.db").exists()  # no half-created database
+    assert not list(results.glob(".mlflow.db.*.tmp"))
+    ops = [r["op"] for r in _buffer(run_dir)]
+    assert ops[0] == "tags" and ops[-2:] == ["end", "metrics"]
+
+    still = _ssrl("mlflow-sync", "--results", str(results), limit=FULL_DISK)
+    assert still.returncode == 0
+    assert f"still buffered in {run_dir / BUFFER_FILE}" in still.stderr
+    listed = _ssrl("mlflow-sync", "--list", "--results", str(results))  # what onerror runs
+    assert f"{len(ops)} tracking record(s) still buffered in {run_dir / BUFFER_FILE}" \
+        in listed.stderr
+    assert not (results / "mlflow.db").exists()
+
+    synced = _ssrl("mlflow-sync", "--results", str(results))  # space freed
+    assert synced.returncode == 0, synced.stderr
+    assert "nothing buffered" in synced.stderr
+    assert not (run_dir / BUFFER_FILE).exists()
+    run_id = json.loads((run_dir / STATE_FILE).read_text())["run_id"]
+    run = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_run(run_id)
+    eer = json.loads(metrics.read_text())["trials"]["trials"]["eer"]
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "baseline"
+    assert run.data.metrics == {"test/eer": eer, **{
+        k: v for k, v in run.data.metrics.items() if k != "test/eer"}}
+    assert {"test/eer", "test/mindcf_0.01", "test/mindcf_0.05"} <= set(run.data.metrics)
+    assert "incomplete" not in run.data.tags
+
+
+def test_a_sweep_summary_that_cannot_be_sent_waits_for_mlflow_sync(tmp_path, caplog):
+    """`tables` puts each sweep's summary on its parent run; when the store cannot be written
+    the summary waits in the tables folder, and `mlflow-sync` sends it once it can."""
+    from ssrl.tracking.mlflow_run import SWEEP_BUFFER_FILE, summarize_sweep, sync_buffers
+
+    results = tmp_path / "results"
+    db = results / "mlflow.db"
+    db.mkdir(parents=True)  # something in the way of the database: it cannot be created
+    tables = results / "tables"
+    tables.mkdir()
+    (tables / "ablation.md").write_text("| variant | EER |\n")
+    uri = f"sqlite:///{db}"
+    for eer in (9.0, 7.5):  # a second summary of the same sweep replaces the first
+        assert not summarize_sweep(uri, "exp", "ablation-exp", {"full/test/eer": eer},
+                                   {"best": "full"}, [tables / "ablation.md"],
+                                   buffer_dir=tables)
+    waiting = _buffer_lines(tables / SWEEP_BUFFER_FILE)
+    assert [r["metrics"] for r in waiting] == [{"full/test/eer": 7.5}]
+    assert sync_buffers(results) == [(tables / SWEEP_BUFFER_FILE, 1)]
+
+    db.rmdir()  # the way is free again; the sweep's runs exist
+    with Tracker(uri, "exp", "ssrl-full", results / "full", parent_run_name="ablation-exp"):
+        pass
+    assert sync_buffers(results) == []
+    client = mlflow.MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
+                                "tags.sweep_parent = 'true'")[0]
+    assert parent.data.metrics == {"full/test/eer": 7.5} and parent.data.tags["best"] == "full"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["ablation.md"]
+
+
+def _buffer_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

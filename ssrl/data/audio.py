@@ -113,9 +113,12 @@ def check_wave(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.
     if not data.any():
         raise AudioError(path, "silent audio (all samples are zero)")
 
+    wave = data.mean(axis=1, dtype=np.float32)
+    if not wave.any():  # checked after the down-mix: channels in opposite phase cancel
+        raise AudioError(path, f"silent audio after down-mixing {data.shape[1]} channels to "
+                         "mono (the channels cancel: one is the other inverted)")
     if data.shape[1] > 1:
         log.info("%s: down-mixed %d channels to mono", path, data.shape[1])
-    wave = data.mean(axis=1, dtype=np.float32)
     if rate != sample_rate:
         log.info("%s: resampled %d Hz -> %d Hz", path, rate, sample_rate)
         g = math.gcd(int(rate), int(sample_rate))

@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ssrl.files import InputError, atomic_path, read_table, save_npz, write_json, write_text
+from ssrl.files import (
+    InputError,
+    atomic_path,
+    check_apart,
+    read_table,
+    save_npz,
+    write_json,
+    write_text,
+)
 
 _CHUNK = 4096  # trials per block: 2 x 8 MiB at 512-d stays in cache (2x faster than 64k)
 
@@ -93,6 +101,16 @@ def _save_kaldi(path: str | os.PathLike, utt_ids: list[str], emb: np.ndarray) ->
                          scp=scp_file)
 
 
+def check_finite(emb: np.ndarray, utt_ids: list[str], source: str | Path) -> None:
+    """NaN or infinite embeddings (a diverged model, a corrupt file) are refused, naming the
+    file and the first utterance, before they become NaN scores or a silent EER."""
+    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, dtype=bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise InputError(f"{source}: {int(bad.sum())} embedding(s) hold NaN or infinite values "
+                         f"(first: utterance {utt_ids[first]!r})")
+
+
 def load_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """(utt_ids, emb float32 [N, D]) of an embeddings file: `.npz` as `save_embeddings` writes
     it, or a Kaldi `.scp` / `.ark` of vectors (ours, Kaldi's or WeSpeaker's). InputError names
@@ -104,6 +122,7 @@ def load_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     utt_ids, emb = _load_npz(path) if fmt == "npz" else _load_kaldi(path)
     if emb.ndim != 2 or emb.shape[0] != len(utt_ids):
         raise InputError(f"{path}: {len(utt_ids)} utterance ids but emb of shape {emb.shape}")
+    check_finite(emb, utt_ids, path)
     return utt_ids, emb
 
 
@@ -300,6 +319,8 @@ def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
             scores.append(float(fields[2]))
         except ValueError:
             raise InputError(f"{path}:{lineno}: score {fields[2]!r} is not a number") from None
+        if not np.isfinite(scores[-1]):
+            raise InputError(f"{path}:{lineno}: score {fields[2]!r} is not finite")
         if len(fields) == 4:
             labels.append(fields[3] == "target")
     if labels and len(labels) != len(scores):
@@ -321,6 +342,10 @@ def score_lists(embeddings: str | os.PathLike, lists: dict[str, Path], out: Path
     from ssrl.evaluation.bootstrap import SortedTrials, interval, replicate_metrics, trial_resamples
     from ssrl.evaluation.metrics import evaluate
 
+    if scores_dir is not None:  # the score files are outputs too: none may be an input
+        for name in lists:
+            check_apart(Path(scores_dir) / f"scores_{name}.txt", embeddings, *lists.values(),
+                        train_embeddings, train_labels)
     ids, emb = load_embeddings(embeddings)
     mean = cohort = None
     if norm != "none":
@@ -345,6 +370,10 @@ def score_lists(embeddings: str | os.PathLike, lists: dict[str, Path], out: Path
             scores = as_norm_scores(ids, emb, t.enroll, t.test, cohort, top_n, mean=mean)
         else:
             scores = cosine_scores(ids, emb, t.enroll, t.test, mean=mean)
+        if not np.isfinite(scores).all():  # e.g. an all-zero embedding has no direction
+            i = int(np.argmax(~np.isfinite(scores)))
+            raise InputError(f"{embeddings}: the score of trial {t.enroll[i]} {t.test[i]} of "
+                             f"{path} is not finite (an all-zero embedding?)")
         file = f"scores_{name}.txt"
         score_files[file] = (t.enroll, t.test, scores, t.labels)
         if t.labels is None:

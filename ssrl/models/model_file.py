@@ -6,15 +6,26 @@ Python API) reads it with `load_encoder`, which rebuilds the encoder AND the exa
 was trained with. It holds tensors, strings and numbers only, so it loads with
 `weights_only=True` (no code runs).
 
-    {"format": 1,
+    {"format": 2,
      "encoder": state dict (the teacher's encoder where there is one),
      "model_cfg": the encoder's resolved config (ssrl.models.encoders.resolve_config),
      "frontend": Frontend.describe(),
-     "meta": {"stage": "dino" | "ssrl" | "iterative" | "supervised", ...}}
+     "meta": {"stage": "dino" | "ssrl" | "iterative" | "supervised", ...},
+     "checksum": SHA-256 of the tensors (name, dtype, shape, bytes) and of the rest as JSON}
+
+Loading checks, in this order, each failure one `InputError` line naming the file: the
+checksum (a flipped byte anywhere in the weights or the config is found, not embedded with),
+finite weights (a diverged training's NaN/Inf), and the metadata (a known preset and keys, a
+front end that can be built, the same n_mels in both). A format-1 file (written before the
+checksum existed) has nothing to verify: it loads with a warning that says to retrain; its
+weights and metadata are still checked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,11 +33,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ssrl.files import InputError, atomic_path
+from ssrl.files import InputError, save_torch
 from ssrl.models.encoders import build_encoder, resolve_config
 from ssrl.models.frontend import Frontend
 
-FORMAT = 1
+FORMAT = 2
+log = logging.getLogger(__name__)
 
 
 class LoadedModel(NamedTuple):
@@ -47,8 +59,47 @@ def save_model_file(path: str | os.PathLike, encoder: nn.Module, model_cfg: dict
              "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
              "model_cfg": resolve_config({**model_cfg, "n_mels": frontend.n_mels}),
              "frontend": frontend.describe(), "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    state["checksum"] = checksum(state)
+    save_torch(path, state)
+
+
+def checksum(model: dict[str, Any]) -> str:
+    """SHA-256 of a model file's content: every tensor (name, dtype, shape, bytes) and the
+    format, model config, front end and metadata (as sorted JSON)."""
+    h = hashlib.sha256()
+    for name in sorted(model["encoder"]):
+        t = model["encoder"][name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    rest = {k: model.get(k) for k in ("format", "model_cfg", "frontend", "meta")}
+    h.update(json.dumps(rest, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _check_content(model: dict[str, Any], path: Path) -> None:
+    """Checksum, finite weights, metadata: each failure one InputError naming the file."""
+    if "checksum" not in model:
+        log.warning("%s: model file without a checksum (written before model file format 2): "
+                    "its weights cannot be verified; retrain to get a checked file", path)
+    elif not isinstance(model["encoder"], dict) or model["checksum"] != checksum(model):
+        raise InputError(f"{path}: model file is corrupt: the checksum of its weights and "
+                         "config does not match (changed after training); restore or retrain it")
+    for name, t in model["encoder"].items():
+        if torch.is_floating_point(t) and not torch.isfinite(t).all():
+            raise InputError(f"{path}: model weight {name} holds NaN or infinite values (the "
+                             "training diverged); retrain it")
+    try:
+        for key in ("model_cfg", "frontend", "meta"):
+            if not isinstance(model.get(key, {}), dict):
+                raise ValueError(f"{key} is not a mapping")
+        cfg = resolve_config(model["model_cfg"])
+        frontend = Frontend.from_description(model["frontend"])
+        if cfg["n_mels"] != frontend.n_mels:
+            raise ValueError(f"model n_mels {cfg['n_mels']} but front end n_mels "
+                             f"{frontend.n_mels}")
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild is bad metadata
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: invalid model metadata ({text})") from None
 
 
 def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -59,10 +110,14 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         model = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"{path}: cannot load model file ({err})") from None
+        text = " ".join(str(err).split())[:300] or type(err).__name__
+        if text.startswith("Weights only load failed"):  # not torch's advice to run its code
+            text = "it holds more than tensors, numbers and strings: damaged, or not ssrl's"
+        raise InputError(f"{path}: cannot load model file ({text})") from None
     if not isinstance(model, dict) or not {"encoder", "model_cfg", "frontend"} <= set(model):
         raise InputError(f"{path}: not a model file (no encoder weights or model config; "
                          "a training checkpoint? give the stage's model.pt)")
+    _check_content(model, path)
     return model
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ssrl.files import InputError, atomic_path, read_json, write_json
+from ssrl.files import InputError, OutputError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class Tracker:
         self._client_obj: Any = None
         self._next_try = 0.0  # time.monotonic() before which the store is not contacted again
         self._outage = False
+        self._announce = True  # say when buffered records were sent
 
     # ----------------------------------------------------------------- context manager
     def __enter__(self) -> Tracker:
@@ -259,7 +260,7 @@ class Tracker:
                 log.warning("MLflow run could not be started in %s: %s", self.uri, _short(err))
             self._went_down(err)
             return False
-        if self._outage or records:
+        if self._outage or (records and self._announce):
             log.warning("MLflow store %s reachable again: %d buffered records sent",
                         self.uri, len(records))
         self._outage = False
@@ -410,7 +411,7 @@ class Tracker:
                 _write_buffer(self.buffer_path, kept)
 
 
-def replay_buffer(state_dir: Path, uri: str | None = None) -> bool:
+def replay_buffer(state_dir: Path, uri: str | None = None, announce: bool = True) -> bool:
     """Send a job's buffered tracking records (e.g. after the server came back).
 
     Uses the run recorded in `state_dir/mlflow_run.json` (created if it never reached the
@@ -423,6 +424,7 @@ def replay_buffer(state_dir: Path, uri: str | None = None) -> bool:
                       parent_run_name=state.get("parent_run_name"),
                       fingerprint=state.get("fingerprint"))
     tracker._resume_status = False
+    tracker._announce = announce
     if state.get("tracking_uri") == uri:
         tracker.run_id = state.get("run_id")
     if not tracker.buffer_path.exists():
@@ -434,7 +436,8 @@ def replay_buffer(state_dir: Path, uri: str | None = None) -> bool:
 def open_client(uri: str) -> Any:
     """An MlflowClient. For a SQLite store, the first client of a new database creates its
     tables; parallel jobs doing that at once corrupt the schema ("duplicate column name"), so
-    opening is serialised with a lock file next to the database."""
+    opening is serialised with a lock file next to the database. Under that lock a missing
+    database is created atomically and a half-created one is rebuilt (`ensure_sqlite_store`)."""
     from mlflow import MlflowClient
 
     if not uri.startswith("sqlite:///"):
@@ -446,11 +449,104 @@ def open_client(uri: str) -> Any:
     with open(db.parent / f".{db.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            ensure_sqlite_store(db)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # creates or upgrades the tables now
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return client
+
+
+_ALEMBIC_TMP = "_alembic_tmp_"
+
+
+def _schema_state(db: Path) -> tuple[bool, int]:
+    """(complete, runs held) of a SQLite MLflow store. Complete: its schema is at MLflow's
+    latest revision with no leftover `_alembic_tmp_*` table of an interrupted migration.
+    MLflow migrates a new database step by step, committing each step; a full disk or a kill
+    in between leaves a schema it cannot migrate again ("table ... already exists")."""
+    import sqlite3
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = con.execute("SELECT version_num FROM alembic_version").fetchone() \
+            if "alembic_version" in tables else None
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    leftover = any(t.startswith(_ALEMBIC_TMP) for t in tables)
+    complete = version is not None and version[0] == _get_latest_schema_revision()
+    return complete and not leftover, runs
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """A new MLflow database with every table, built under a temporary name and renamed onto
+    `db`: a failure (a full disk) leaves no half-created database behind."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    tmp = db.parent / f".{db.name}.{os.getpid()}.tmp"
+    try:
+        engine = sqlalchemy.create_engine(f"sqlite:///{tmp}")
+        try:
+            _initialize_tables(engine)  # what MLflow runs on a new database
+        finally:
+            engine.dispose()
+        for suffix in ("-journal", "-wal", "-shm"):  # of a discarded database: never apply them
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, db)
+        _forget_connections(db)
+    finally:
+        for path in (tmp, Path(f"{tmp}-journal")):
+            path.unlink(missing_ok=True)
+
+
+def _forget_connections(db: Path) -> None:
+    """Close this process's pooled MLflow connections to `db`'s former file (MLflow keeps one
+    engine per URI): they would write to the replaced file ("readonly database")."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for uri, engine in list(SqlAlchemyStore._engine_map.items()):
+        if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).resolve() == \
+                db.resolve():
+            engine.dispose()
+
+
+def ensure_sqlite_store(db: Path) -> None:
+    """Make `db` a complete MLflow store: create it atomically when missing; rebuild it when
+    its creation was interrupted (no runs in it, so nothing is lost); for a half-migrated
+    store holding runs, drop the leftover `_alembic_tmp_*` tables and rerun MLflow's own
+    migration. Call with the store's lock held."""
+    db = Path(db)
+    if not db.exists() or db.stat().st_size == 0:
+        _create_sqlite_store(db)
+        return
+    complete, runs = _schema_state(db)
+    if complete:
+        return
+    if runs == 0:
+        log.warning("%s: MLflow database left half-created (a full disk or a kill while it was "
+                    "made); rebuilding it", db)
+        _create_sqlite_store(db)
+        return
+    import sqlite3
+
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    log.warning("%s: MLflow database left half-migrated (%d runs in it); rerunning MLflow's "
+                "migration", db, runs)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in sorted(t for t in tables if t.startswith(_ALEMBIC_TMP)):
+            original = table[len(_ALEMBIC_TMP):]
+            con.execute(f'DROP TABLE "{table}"' if original in tables else
+                        f'ALTER TABLE "{table}" RENAME TO "{original}"')
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
 
 
 
@@ -486,8 +582,12 @@ def _is_transient(err: BaseException) -> bool:
 
 def _append_buffer(path: Path, record: dict[str, Any]) -> None:
     # Plain append: a crash can at worst tear the last line, which _read_buffer skips.
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    except OSError as err:  # a full disk: one line naming the file, not a traceback
+        raise OutputError(f"{path}: could not write output ({err.strerror or err}); the "
+                          "tracking record was not kept") from err
 
 
 def _read_buffer(path: Path) -> list[dict[str, Any]]:
@@ -551,29 +651,75 @@ def annotate_run(state_dir: Path, metrics: Mapping[str, float] | None = None,
                  artifacts: list[Path] | None = None, artifact_path: str | None = None) -> bool:
     """Add metrics (step 0), tags and artifacts to the finished run of a job, leaving its
     status alone: how the score step puts the final test numbers on the run of the model it
-    scored. False (with a warning) when the run or its store cannot be reached."""
-    state_path = Path(state_dir) / STATE_FILE
+    scored. The records go through the job's buffer like every other tracking record: when the
+    store cannot be reached they stay in `mlflow_buffer.jsonl` and are replayed later
+    (`replay_buffer`, `python -m ssrl mlflow-sync`). False (with a warning) when they stay."""
+    state_dir = Path(state_dir)
+    state_path = state_dir / STATE_FILE
     if not state_path.exists():
         log.warning("%s: no MLflow run recorded; the test metrics stay in metrics.json",
                     state_path)
         return False
-    state = read_json(state_path)
-    try:
-        with _fast_fail():
-            _log_to_run(open_client(state["tracking_uri"]), state["run_id"], metrics or {},
-                        tags or {}, artifacts or [], artifact_path)
-    except Exception as err:  # noqa: BLE001 - tracking never fails the job
-        log.warning("MLflow run %s not updated (%s); the numbers stay in metrics.json",
-                    state.get("run_id"), _short(err))
-        return False
-    return True
+    now = _now_ms()
+    buffer = state_dir / BUFFER_FILE
+    if metrics:
+        _append_buffer(buffer, {"op": "metrics", "step": 0, "time": now,
+                                "metrics": {str(k): float(v) for k, v in metrics.items()}})
+    if tags:
+        _append_buffer(buffer, {"op": "tags", "tags": {str(k): str(v) for k, v in tags.items()}})
+    for path in artifacts or []:
+        _append_buffer(buffer, {"op": "artifact", "path": str(Path(path).resolve()),
+                                "artifact_path": artifact_path})
+    if replay_buffer(state_dir, announce=False):
+        return True
+    log.warning("MLflow run of %s not updated yet: the records stay in %s (sent by the next "
+                "run, or by python -m ssrl mlflow-sync)", state_dir, buffer)
+    return False
+
+
+def pending_buffers(root: Path) -> list[Path]:
+    """Every tracking buffer under a results folder (records not yet in the MLflow store)."""
+    return sorted(p for p in Path(root).rglob("mlflow_buffer*.jsonl") if p.is_file())
+
+
+def sync_buffers(root: Path, send: bool = True) -> list[tuple[Path, int]]:
+    """Replay every job's buffer under `root` (e.g. after the disk was freed or the server came
+    back); returns each buffer still left with its record count. Run it when no job of the
+    folder is running (the workflow does at its end, under its lock); `send=False` only
+    lists."""
+    left = []
+    for path in pending_buffers(root):
+        if not send:
+            pass
+        elif path.name == BUFFER_FILE and (path.parent / STATE_FILE).is_file():
+            with contextlib.suppress(Exception):
+                replay_buffer(path.parent)
+        elif path.name == SWEEP_BUFFER_FILE:
+            _replay_sweeps(path)
+        if path.is_file():
+            left.append((path, len(_read_buffer(path))))
+    return left
+
+
+#: Sweep summaries `tables` could not send, kept in its output folder (`summarize_sweep`).
+SWEEP_BUFFER_FILE = "mlflow_buffer.sweeps.jsonl"
 
 
 def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str, float],
-                    tags: Mapping[str, str], artifacts: list[Path]) -> bool:
+                    tags: Mapping[str, str], artifacts: list[Path],
+                    buffer_dir: Path | None = None) -> bool:
     """Put a sweep's summary on its parent run (which otherwise holds nothing): the table of
     its children as artifacts, their final numbers, the best child. False with a warning when
-    the store or the parent cannot be reached."""
+    the store or the parent cannot be reached; with `buffer_dir` the summary then waits in
+    `buffer_dir/mlflow_buffer.sweeps.jsonl` for `sync_buffers` (a newer summary of the same
+    sweep replaces it)."""
+    record = {"op": "sweep", "uri": uri, "experiment": experiment, "parent": parent,
+              "metrics": {str(k): float(v) for k, v in metrics.items()},
+              "tags": {str(k): str(v) for k, v in tags.items()},
+              "artifacts": [str(Path(p).resolve()) for p in artifacts]}
+    buffer = Path(buffer_dir) / SWEEP_BUFFER_FILE if buffer_dir is not None else None
+    if buffer is not None and buffer.exists():  # superseded by this one
+        _write_buffer(buffer, [r for r in _read_buffer(buffer) if r.get("parent") != parent])
     try:
         with _fast_fail():
             client = open_client(uri)
@@ -586,9 +732,21 @@ def summarize_sweep(uri: str, experiment: str, parent: str, metrics: Mapping[str
                 return False
             _log_to_run(client, run_id, metrics, tags, artifacts)
     except Exception as err:  # noqa: BLE001 - tracking never fails the job
-        log.warning("sweep summary not logged to %s (%s)", parent, _short(err))
+        log.warning("sweep summary not logged to %s (%s)%s", parent, _short(err),
+                    f"; kept in {buffer}" if buffer is not None else "")
+        if buffer is not None:
+            _append_buffer(buffer, record)
         return False
     return True
+
+
+def _replay_sweeps(buffer: Path) -> None:
+    """Send the sweep summaries waiting in `buffer`; those that still fail stay."""
+    records = _read_buffer(buffer)
+    buffer.unlink()
+    for r in records:
+        summarize_sweep(r["uri"], r["experiment"], r["parent"], r["metrics"], r["tags"],
+                        [Path(p) for p in r["artifacts"]], buffer_dir=buffer.parent)
 
 
 def relocate_artifacts(db: Path) -> int:

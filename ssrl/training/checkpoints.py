@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 import ssrl
-from ssrl.files import InputError, atomic_path
+from ssrl.files import InputError, save_torch
 from ssrl.training.runtime import Dist
 
 log = logging.getLogger("ssrl.train")
@@ -95,8 +95,7 @@ class Checkpoints:
     def save(self, state: dict[str, Any]) -> None:
         if not self.d.main:
             return
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        save_torch(self.path, {**state, "fingerprint": self.fingerprint})
 
     def load(self) -> dict[str, Any] | None:
         """The checkpoint to resume from, or None (none, or one written for another job)."""

@@ -21,6 +21,7 @@ from ssrl.config import (  # noqa: E402
     CLASSIFIER_KEYS,
     FULL,
     check_config,
+    check_size,
     count_utterances,
     variant_config,
 )
@@ -28,6 +29,10 @@ from ssrl.data.prepare import SETS  # noqa: E402
 from ssrl.data.synth import PART_KEYS  # noqa: E402
 from ssrl.files import InputError, OutputError, clean_stale_tmp  # noqa: E402
 
+try:  # before anything walks the config: YAML aliases may expand it to billions of values
+    check_size(config)
+except InputError as err:
+    raise WorkflowError(f"Invalid config: {err}") from None
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 EXP = config["experiment"]
