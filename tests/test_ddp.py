@@ -13,6 +13,7 @@ leaves after a few optimiser steps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, smoke_job, ssrl_env, write_job
+from conftest import REPO, _descendants, smoke_job, ssrl_env, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,7 @@ sys.exit(main(sys.argv[2:]))
 """
 PER_UTT = ("labels", "p_clean", "active", "recorded_label", "recorded_loss")
 SSRL_JOB = "seed0/ssrl/noisy_label_modeling~True_scale~32.0"
+LABELS = "seed0/cluster/dino_k6/labels.npz"
 CHANGES = {
     "dino": {"runtime": {"device": "cpu", "checkpoint_every_steps": 1},
              "dino": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 8}},
@@ -81,7 +83,7 @@ def stage_args(stage: str, job: Path, smoke, out: Path) -> list[str]:
             "--noise", str(r / "store/noise"), "--rir", str(r / "store/rir")]
     if stage == "ssrl":
         args += ["--init", str(r / "seed0/dino/model.pt"),
-                 "--labels", str(r / "seed0/cluster/dino_k6/labels.npz")]
+                 "--labels", str(r / LABELS)]
     return [*args, "--out", str(out)]
 
 
@@ -123,35 +125,44 @@ class Runs:
 
 
 def kill_group_mid_epoch(cmd: list[str], ckpt: Path, log: Path) -> tuple[int, int]:
-    """Start `cmd` (torchrun and its workers, in a session of their own) and SIGKILL all of
-    them once the checkpoint is inside an epoch (> 0), as a node lost mid-epoch. They are
-    frozen (SIGSTOP) while the checkpoint is read, so the position returned is the one the
-    rerun resumes from."""
+    """Start `cmd` (torchrun) and SIGKILL it and its workers once the checkpoint is inside an
+    epoch (> 0), as a node lost mid-epoch. All of them are frozen (SIGSTOP) while the
+    checkpoint is read, so the position returned is the one the rerun resumes from. (torchrun
+    starts its workers in sessions of their own: they are found as its descendants.)"""
     env = ssrl_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def signal_all(sig: int) -> None:
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"training ended before it was killed:\n{log.read_text()[-3000:]}")
             if ckpt.exists():
-                os.killpg(proc.pid, signal.SIGSTOP)
+                workers = _descendants(proc.pid)
+                signal_all(signal.SIGSTOP)
                 try:
                     state = load(ckpt)
                 except (OSError, RuntimeError, EOFError):
                     state = None
                 if state and state["step"] > 0 and state["epoch"] >= 1:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    signal_all(signal.SIGKILL)
                     proc.wait(timeout=30)
+                    for pid in workers:  # gone, not merely orphaned
+                        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                            time.sleep(0.05)
                     return state["epoch"], state["step"]
-                os.killpg(proc.pid, signal.SIGCONT)
+                signal_all(signal.SIGCONT)
             time.sleep(0.02)
         pytest.fail("no mid-epoch checkpoint appeared")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            signal_all(signal.SIGKILL)
             proc.wait(timeout=30)
     raise AssertionError("unreachable")
 
@@ -208,18 +219,27 @@ def updates(e: dict, e0: dict, keys: list[str]) -> torch.Tensor:
 def test_two_processes_match_one_over_the_same_global_batches(stage, request):
     runs: Runs = request.getfixturevalue(stage)
     h2, h1 = (json.loads((d / "history.json").read_text()) for d in (runs.two, runs.one))
-    # the global batch's loss, every epoch: equal up to summation order
-    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-5, abs=0)
-    # student and teacher as they end, BatchNorm statistics included: their change since the
-    # first step (the same starting point for both) agrees in direction and size
+    first2, first1 = (load(d / "rank0_e0_s1.pt") for d in (runs.dumps2, runs.dumps1))
+    if stage == "dino":  # SGD: after one step everything agrees to rounding, BatchNorm
+        # statistics included: the global batch is split, normalised and averaged exactly. (Adam's
+        # first step moves a weight whose gradient is ~0 by a full lr either way: not for SSRL.)
+        for part in ("student", "teacher"):
+            for key, value in first1[part].items():
+                assert torch.allclose(first2[part][key].double(), value.double(), rtol=1e-5,
+                                      atol=1e-6), (part, key)
+    # Later steps amplify rounding (DINO's 0.04 teacher temperature sharpens every difference,
+    # Adam normalises tiny gradients): measured on the smoke stores, 2 processes end 1.8e-5
+    # (DINO loss) and 0.4 % (DINO student update; SSRL 0.16 %) from 1 process, as close as 1
+    # process with 2 BLAS threads is to 1 process with 1 thread (3.7e-4, 0.3 %). Per-process
+    # BatchNorm, as before, ended at cosine ~0.5.
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-3, abs=0)
     final = f"rank0_e{len(h1)}_s0_final.pt"
     s2, s1 = load(runs.dumps2 / final), load(runs.dumps1 / final)
-    s0 = load(runs.dumps1 / "rank0_e0_s1.pt")
     for part in ("student", "teacher"):
         keys = [k for k in s1[part] if s1[part][k].is_floating_point()]
-        u2, u1 = updates(s2[part], s0[part], keys), updates(s1[part], s0[part], keys)
-        assert torch.nn.functional.cosine_similarity(u2, u1, dim=0) > 0.99999, part
-        assert (u2 - u1).norm() < 1e-3 * u1.norm(), part
+        u2, u1 = updates(s2[part], first1[part], keys), updates(s1[part], first1[part], keys)
+        assert torch.nn.functional.cosine_similarity(u2, u1, dim=0) > 0.9998, part
+        assert (u2 - u1).norm() < 0.02 * u1.norm(), part
     e2, e1 = load(runs.two / "model.pt")["encoder"], load(runs.one / "model.pt")["encoder"]
     assert list(e2) == list(e1)
     if stage == "ssrl":
@@ -227,7 +247,7 @@ def test_two_processes_match_one_over_the_same_global_batches(stage, request):
             assert np.array_equal(a["labels"], b["labels"])
         c2, c1 = (load(d / "rank0_e3_s0_final.pt") for d in (runs.dumps2, runs.dumps1))
         assert torch.equal(c2["active"], c1["active"])
-        assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=1e-4)
+        assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=1e-3)
         assert [r["n_clusters"] for r in h2] == [r["n_clusters"] for r in h1]
 
 
