@@ -51,7 +51,7 @@ def test_voxceleb_layouts(tree: Path) -> None:
     assert len(test2) == 12 and all(p.suffix == ".m4a" and p.parts[-4] == "aac" for p in test2)
     assert not {p.parts[-3] for p in dev} & {p.parts[-3] for p in test2}  # other speakers
     vox1 = files(tree / "voxceleb1/wav", "**/*")
-    assert len(vox1) == 16 and all(
+    assert len(vox1) == 24 and all(
         re.fullmatch(rf"id1\d{{4}}/{VIDEO}/\d{{5}}\.wav", str(p.relative_to(
             tree / "voxceleb1/wav"))) for p in vox1)
     # real AAC (ffmpeg decodes it; soundfile cannot read an .m4a), 16 kHz, 4-6 s as VoxCeleb
