@@ -10,8 +10,9 @@ result always comes from the config that names it.
 A job that finished training keeps its last resume point, marked finished and without the
 optimiser's state (`finish`), until it runs again: a job killed after training but before the
 workflow accepted its outputs (a SLURM time limit hit in the wrap-up, a node lost) is rerun by
-writing its outputs from that point, with no training. The next run of the job (any
-fingerprint) replaces or removes it.
+writing its outputs from that point, with no training. A later run of the job with another
+fingerprint ignores it and replaces it with its own checkpoints. It holds the weights (student
+and teacher) and per-utterance state: about twice a model file.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Checkpoints:
         if not self.d.main:
             return
         for stale in self.dir.glob("*"):  # a killed write's leftovers
-            if stale != self.path:
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            elif stale != self.path:
+                stale.unlink(missing_ok=True)
         self.save({k: v for k, v in state.items() if k != "optimizer"} | {"finished": True})
