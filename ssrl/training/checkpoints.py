@@ -11,8 +11,8 @@ A job that finished training keeps its last resume point, marked finished and wi
 optimiser's state (`finish`), until it runs again: a job killed after training but before the
 workflow accepted its outputs (a SLURM time limit hit in the wrap-up, a node lost) is rerun by
 writing its outputs from that point, with no training. A later run of the job with another
-fingerprint ignores it and replaces it with its own checkpoints. It holds the weights (student
-and teacher) and per-utterance state: about twice a model file.
+fingerprint ignores it and replaces it with its own checkpoints. It holds student and teacher
+(heads included) and the per-utterance state, not the optimiser's.
 """
 
 from __future__ import annotations
