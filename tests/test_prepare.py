@@ -72,9 +72,15 @@ def test_voxceleb_not_found(tmp_path: Path, make_wav) -> None:
     make_wav(tmp_path / "root" / "speaker7" / "video" / "1.wav", 0.1)
     with pytest.raises(InputError) as err:
         prepare_voxceleb(tmp_path / "root", tmp_path / "out")
+    assert str(err.value) == (f"{tmp_path / 'root'}: no aac/ (VoxCeleb2) or wav/ (VoxCeleb1) "
+                              "folder and no id*/<video>/*.wav|m4a|flac below it: is this the "
+                              "corpus root?")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "root" / "aac").mkdir()  # the folder is there, the speakers are not
+    with pytest.raises(InputError) as err:
+        prepare_voxceleb(tmp_path / "root", tmp_path / "out")
     assert str(err.value) == (f"no VoxCeleb audio found under {tmp_path / 'root'}: "
                               "expected id*/<video>/*.wav|m4a|flac")
-    assert not (tmp_path / "out").exists()
     with pytest.raises(InputError) as err:
         prepare_voxceleb(tmp_path / "nowhere", tmp_path / "out")
     assert str(err.value) == f"{tmp_path / 'nowhere'}: directory not found"

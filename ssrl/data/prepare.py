@@ -87,6 +87,9 @@ def prepare_voxceleb(root: str | os.PathLike, out: str | os.PathLike,
     _require_dir(root)
     found, duplicates = voxceleb_audio(root)
     if not found:
+        if not any((root / sub).is_dir() for sub in ("aac", "wav")):
+            raise InputError(f"{root}: no aac/ (VoxCeleb2) or wav/ (VoxCeleb1) folder and no "
+                             "id*/<video>/*.wav|m4a|flac below it: is this the corpus root?")
         raise InputError(f"no VoxCeleb audio found under {root}: "
                          "expected id*/<video>/*.wav|m4a|flac")
     utts = sorted(found)
