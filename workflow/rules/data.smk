@@ -12,6 +12,8 @@ rule prepare_data:
         directory(f"{R}/data/{{set}}"),
     wildcard_constraints:
         set="train|dev|test|noise|rir",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/prepare_data_{{set}}.log",
     shell:
@@ -30,6 +32,8 @@ rule wave_store:
     wildcard_constraints:
         set="train|dev|test|noise|rir",
     threads: config["data"]["workers"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/wave_store_{{set}}.log",
     shell:
@@ -47,6 +51,8 @@ rule feature_store:
         directory(f"{R}/feats/{{set}}"),
     wildcard_constraints:
         set="dev|test",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/feature_store_{{set}}.log",
     shell:
@@ -64,6 +70,8 @@ rule baseline:
         f"{R}/eval/baseline/emb_test.npz",
     params:
         run=f"{R}/baseline",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/baseline.log",
     shell:
