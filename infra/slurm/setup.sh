@@ -3,7 +3,7 @@
 # on this machine: munged, slurmctld and slurmd, private to $SSRL_CLUSTER_DIR/slurm, listening
 # on 127.0.0.1 only, one partition with every CPU of the machine. Idempotent: a running
 # cluster is left as it is. Stop it with infra/slurm/stop.sh.
-#   infra/slurm/setup.sh && export SLURM_CONF=${SSRL_CLUSTER_DIR:-/tmp/ssrl-cluster}/slurm/slurm.conf
+#   infra/slurm/setup.sh        (then sinfo, sbatch, snakemake --profile profiles/slurm ...)
 # Settings (environment): SSRL_CLUSTER_DIR (/tmp/ssrl-cluster), SSRL_SLURM_PARTITION (cpu),
 # SSRL_SLURMCTLD_PORT (6817), SSRL_SLURMD_PORT (6818).
 # No slurmdbd: see slurm.conf.in (job states come from squeue).
@@ -49,7 +49,16 @@ node=$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem > 2048 ? mem - 1024 : mem))/" 
 sed -e "s|@STATE@|$S|g" -e "s|@HOST@|$HOST|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
     -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@NODE@|$node|" \
     "$here/slurm.conf.in" > "$CONF"
-# slurm 22.05 looks for cgroup.conf only with cgroup plugins; none are configured here.
+# The default path too: inside a job, snakemake-executor-plugin-slurm-jobstep (0.6.1) runs
+# `srun` with every SLURM_* variable removed, SLURM_CONF included. A slurm.conf of another
+# cluster is never replaced.
+SYS_CONF=/etc/slurm/slurm.conf
+if [ -e "$SYS_CONF" ] || [ -L "$SYS_CONF" ]; then
+    [ "$(readlink "$SYS_CONF")" = "$CONF" ] \
+        || die "$SYS_CONF exists and is not this cluster's; move it away first"
+else
+    mkdir -p /etc/slurm && ln -s "$CONF" "$SYS_CONF"
+fi
 
 for port in "$CTLD_PORT" "$SLURMD_PORT"; do
     listening "$port" && die "port $port is taken (set SSRL_SLURMCTLD_PORT / SSRL_SLURMD_PORT)"
@@ -62,4 +71,4 @@ wait_for 30 "slurmd (node $HOST idle)" \
     bash -c "sinfo -h -N -o '%T' | grep -qE '^(idle|mixed|allocated)'"
 say "SLURM running: slurmctld pid $(pid_of "$S/slurmctld.pid"), slurmd pid" \
     "$(pid_of "$S/slurmd.pid"); partition '$PARTITION': $(sinfo -h -p "$PARTITION" -o '%c CPUs, %m MB')"
-say "clients need: export SLURM_CONF=$CONF"
+say "configuration: $CONF (linked from $SYS_CONF)"

@@ -20,6 +20,8 @@ stop_pid slurmd "$S/slurmd.pid"
 stop_pid slurmctld "$S/slurmctld.pid"
 stop_pid munged "$S/munge/munged.pid"
 
+[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$S/slurm.conf" ] && rm -f /etc/slurm/slurm.conf
+
 left=0
 for port in "$CTLD_PORT" "$SLURMD_PORT"; do
     if listening "$port"; then say "still listening on port $port"; left=1; fi
