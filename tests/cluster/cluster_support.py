@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,10 @@ CPU_OVERLAY = "config/slurm-cpu.yaml"
 STEP_CHECKPOINTS = "runtime: {checkpoint_every_steps: 1}\n"
 #: The SLURM plugin's options for this cluster: no accounting (no slurmdbd), and a short first
 #: status poll (its default, 40 s, is meant for big clusters).
+#: One MLflow experiment per session (the server's database outlives a session), for every run.
+EXPERIMENT = f"cluster-{uuid.uuid4().hex[:8]}"
+EXTRA = f"experiment: {EXPERIMENT}\n"
+CONFIGS = ("--configfile", "config/smoke.yaml", CPU_OVERLAY, "extra.yaml")
 SLURM_ARGS = ("--profile", "profiles/slurm", "--slurm-no-account",
               "--slurm-init-seconds-before-status-checks", "5")
 
@@ -79,9 +84,11 @@ class Slurm:
         return [SlurmJob(*line.split("|", 2)) for line in out.splitlines() if line.strip()]
 
     def running(self, rule: str, wildcard: str = "") -> SlurmJob | None:
+        """The running job of `rule` whose comment (`rule_<rule>_wildcards_<values joined
+        by _>`) ends with `wildcard`."""
         for job in self.jobs():
             if (job.state == "RUNNING" and job.comment.startswith(f"rule_{rule}")
-                    and wildcard in job.comment):
+                    and job.comment.endswith(wildcard)):
                 return job
         return None
 
@@ -136,6 +143,7 @@ class WorkflowRun:
     dir: Path
     experiment: str = "smoke"
     proc: subprocess.Popen | None = None
+    started: float = 0.0
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:

@@ -6,9 +6,21 @@ failure). Helpers live in cluster_support.py. These tests are collected only by
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
-from cluster_support import PARTITION, MlflowServer, Slurm, say
+from cluster_support import (
+    CONFIGS,
+    EXPERIMENT,
+    EXTRA,
+    PARTITION,
+    MlflowServer,
+    Slurm,
+    WorkflowRun,
+    metrics_files,
+    new_workflow,
+    say,
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +41,22 @@ def mlflow_server() -> MlflowServer:
         pytest.fail(f"no MLflow server at {server.uri}: make test-cluster starts one "
                     "(infra/mlflow/setup.sh)")
     return server
+
+
+@pytest.fixture(scope="session")
+def local_run_started(tmp_path_factory) -> WorkflowRun:
+    """The reference: the same preset and overlays through the local profile, into the default
+    SQLite store. Started at once; it runs while the SLURM jobs wait for their turn."""
+    run = new_workflow(tmp_path_factory.mktemp("local") / "wf", EXTRA)
+    run.experiment = EXPERIMENT
+    run.started = time.monotonic()
+    return run.start("--profile", "profiles/local", "--cores", "2", *CONFIGS)
+
+
+@pytest.fixture(scope="session")
+def local_run(local_run_started) -> WorkflowRun:
+    run = local_run_started
+    run.wait()
+    say(f"local profile: smoke preset done after {time.monotonic() - run.started:.0f} s, "
+        f"{len(metrics_files(run.results))} metrics.json")
+    return run

@@ -12,17 +12,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 from cluster_support import (
-    CPU_OVERLAY,
+    CONFIGS,
+    EXPERIMENT,
+    EXTRA,
     SLURM_ARGS,
     SNAKEMAKE,
-    WorkflowRun,
     freeze_mid_epoch,
     metrics_files,
     new_workflow,
@@ -32,27 +32,11 @@ from cluster_support import (
 
 from ssrl.tracking.mlflow_run import BUFFER_FILE, STATE_FILE
 
-#: One MLflow experiment per session: the server's database outlives a session.
-EXPERIMENT = f"cluster-{uuid.uuid4().hex[:8]}"
-EXTRA = f"experiment: {EXPERIMENT}\n"
-CONFIGS = ("--configfile", "config/smoke.yaml", CPU_OVERLAY, "extra.yaml")
 FULL = "ssrl/noisy_label_modeling~True"
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> WorkflowRun:
-    """The reference: the same preset and overlays, local profile, default SQLite store."""
-    run = new_workflow(tmp_path_factory.mktemp("local") / "wf", EXTRA)
-    run.experiment = EXPERIMENT
-    started = time.monotonic()
-    run.start("--profile", "profiles/local", "--cores", "2", *CONFIGS).wait()
-    say(f"local profile: smoke preset done in {time.monotonic() - started:.0f} s, "
-        f"{len(metrics_files(run.results))} metrics.json")
-    return run
-
-
-@pytest.fixture(scope="module")
-def slurm_run(tmp_path_factory, slurm, mlflow_server) -> dict:
+def slurm_run(tmp_path_factory, slurm, mlflow_server, local_run_started) -> dict:
     """The smoke preset through profiles/slurm, logging to the PostgreSQL-backed server. Its
     DINO job is cancelled and its full SSRL job requeued, each frozen right after a mid-epoch
     checkpoint (the position it must resume from)."""
@@ -73,7 +57,7 @@ def slurm_run(tmp_path_factory, slurm, mlflow_server) -> dict:
         time.sleep(0.5)
         assert run.proc.poll() is None, run.log.read_text()[-5000:]
         ssrl_dir = next(iter(r.glob("seed0/ssrl/noisy_label_modeling~True*")), None)
-    job, epoch, step = freeze_mid_epoch(slurm, "ssrl", "noisy_label_modeling=True",
+    job, epoch, step = freeze_mid_epoch(slurm, "ssrl", "_True",
                                         ssrl_dir / "checkpoint/last.pt", run)
     subprocess.run(["scontrol", "requeue", job.id], check=True)
     # A requeued job waits SLURM's requeue delay (about two minutes) before it is eligible;
