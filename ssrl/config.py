@@ -7,6 +7,7 @@ The same JSON schema that the Snakefile validates against fills in every default
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,16 @@ CLASSIFIER_KEYS = ("epochs", "steps_per_epoch", "batch_size", "student_seconds",
                    "teacher_lag_epochs")
 
 
+def effective_init_k(value: int | str | None, k: int) -> int:
+    """`ssrl.init_k` (or a variant's) as a number of clusters: null = `cluster.k`, an integer
+    as written, `"<f>x"` = round(f x cluster.k) (so `0.75x` follows a change of K)."""
+    if value is None:
+        return k
+    if isinstance(value, str):
+        return int(round(float(value[:-1]) * k))
+    return int(value)
+
+
 def variant_config(ssrl: dict, variant: dict) -> dict:
     """The `ssrl` section as one ablation variant runs it (its switches over the defaults)."""
     return {**ssrl, **{k: v for k, v in variant.items() if k != "name"}}
@@ -98,6 +109,19 @@ def count_utterances(scp: str | Path) -> int | None:
         return None
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip() and not line.lstrip().startswith(b"#"))
+
+
+def _check_teacher_schedule(c: dict, where: str) -> None:
+    """A section's EMA schedule is set one way only: `teacher_lag_epochs` replaces
+    `momentum_start`/`momentum_end`, so both set means one is silently ignored (typically a
+    preset's momentum under config.yaml's lag)."""
+    lag = c.get("teacher_lag_epochs")
+    momentum = {k: c.get(k) for k in ("momentum_start", "momentum_end") if c.get(k) is not None}
+    if lag and momentum:
+        given = ", ".join(f"{where}.{k} = {v}" for k, v in momentum.items())
+        raise InputError(f"config key {where}.teacher_lag_epochs: {lag} would silently replace "
+                         f"{given}; set one of them and the other to null (a preset merged "
+                         f"over config.yaml inherits its {where}.teacher_lag_epochs)")
 
 
 def _check_ssrl(c: dict, where: str) -> None:
@@ -134,12 +158,14 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
                              f"the {MIN_CROP_SECONDS} s a crop needs")
     ssrl = config["ssrl"]
     _check_ssrl(ssrl, "ssrl")
+    for section in ("dino", "ssrl"):
+        _check_teacher_schedule(config[section], section)
+    k = config["cluster"]["k"]
     variants = config["ablation"]["variants"]
-    switches = sorted({k for v in variants for k in v if k != "name"})
+    switches = sorted({key for v in variants for key in v if key != "name"})
 
     def grid_point(c: dict) -> tuple:
-        return tuple(c[k] or config["cluster"]["k"] if k == "init_k" else c[k]
-                     for k in switches)
+        return tuple(effective_init_k(c[s], k) if s == "init_k" else c[s] for s in switches)
 
     seen: dict[tuple, str] = {grid_point(ssrl): FULL}
     names = {FULL}
@@ -157,13 +183,42 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
             raise InputError(f"config key {where}: variant {v['name']!r} has the same switches "
                              f"as {seen[point]!r}; one of them would be trained for both")
         seen[point] = v["name"]
-    if n_train_utts is not None:
-        ks = {"cluster.k": config["cluster"]["k"]}
-        if ssrl.get("init_k"):
-            ks["ssrl.init_k"] = ssrl["init_k"]
-        ks.update({f"ablation.variants.{i}.init_k": v["init_k"]
-                   for i, v in enumerate(variants) if v.get("init_k")})
-        for key, k in ks.items():
-            if k > n_train_utts:
-                raise InputError(f"config key {key}: {k} clusters but only {n_train_utts} "
-                                 "training utterances")
+    ks = {"cluster.k": k}
+    if ssrl.get("init_k"):
+        ks["ssrl.init_k"] = effective_init_k(ssrl["init_k"], k)
+    ks.update({f"ablation.variants.{i}.init_k": effective_init_k(v["init_k"], k)
+               for i, v in enumerate(variants) if v.get("init_k")})
+    for key, n in ks.items():
+        if n < 2:
+            raise InputError(f"config key {key}: {n} clusters (from cluster.k = {k}); "
+                             "at least 2 are needed")
+        if n_train_utts is not None and n > n_train_utts:
+            raise InputError(f"config key {key}: {n} clusters but only {n_train_utts} "
+                             "training utterances")
+
+
+def check_data_paths(config: dict, prepared: Callable[[str], bool] = lambda name: False) -> None:
+    """Raise InputError naming the config key of a data path that does not exist, for every
+    set not yet `prepared` (VoxCeleb / MUSAN / RIRS_NOISES roots, trial lists, Kaldi folders):
+    found when the workflow starts, not when the preparation job runs."""
+    from ssrl.data.prepare import SETS, set_source
+
+    data = config["data"]
+    if data["source"] == "builtin":
+        return
+    vox_key = {"noise": "musan_root", "rir": "rirs_root"}
+    paths = {}
+    for name in SETS:
+        key = (f"data.kaldi.{name}" if data["source"] == "kaldi"
+               else f"data.voxceleb.{vox_key.get(name, f'{name}_root')}")
+        if not prepared(name) and set_source(data, name):
+            paths[key] = set_source(data, name)
+    if data["source"] == "voxceleb" and not prepared("test"):
+        paths.update({f"data.voxceleb.trials.{n}": f
+                      for n, f in data["voxceleb"]["trials"].items()})
+    dev_trials = data["voxceleb"].get("dev_trials") if data["source"] == "voxceleb" else None
+    if dev_trials and not prepared("dev"):
+        paths["data.voxceleb.dev_trials"] = dev_trials
+    for key, path in paths.items():
+        if not Path(path).exists():
+            raise InputError(f"config key {key}: {path} not found")

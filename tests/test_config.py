@@ -143,8 +143,9 @@ def test_config_values_are_not_evaluated(workflow_copy, tmp_path, capsys):
     kaldi = {"data": {"source": "kaldi", "kaldi": {"train": EVIL, "test": EVIL}}}
     cfg = merged("config/smoke.yaml", extra=kaldi)
     assert errors(cfg) == []
-    proc = dry_run(workflow_copy, extra=kaldi)
-    assert proc.returncode == 0, proc.stderr
+    proc = dry_run(workflow_copy, extra=kaldi)  # a missing path: found at start-up
+    assert proc.returncode == 1
+    assert f"Invalid config: config key data.kaldi.train: {EVIL} not found" in proc.stdout
     job = tmp_path / "prepare.json"
     job.write_text(json.dumps({"data": cfg["data"]}))
     saved = signal.getsignal(signal.SIGTERM)
@@ -212,6 +213,22 @@ def test_injection_attempts_create_nothing(tmp_path):
     ({"ssrl": {"student_seconds": 0.001}}, "ssrl.student_seconds: 0.001 s is shorter"),
     ({"ssrl": {"hold_epochs": 1}}, "ssrl.hold_epochs: 1 is too short for queue_len 3"),
     ({"ssrl": {"record_from_epoch": 1}}, "ssrl.record_from_epoch: 1 is later than"),
+    # a preset's momentum under config.yaml's lag (or the reverse) is never dropped silently
+    ({"ssrl": {"momentum_start": 0.999}},
+     "ssrl.teacher_lag_epochs: [0.44, 4.4] would silently replace ssrl.momentum_start = 0.999;"
+     " set one of them and the other to null"),
+    ({"dino": {"teacher_lag_epochs": [1.0, 2.0]}},
+     "dino.teacher_lag_epochs: [1.0, 2.0] would silently replace dino.momentum_start = 0.99, "
+     "dino.momentum_end = 0.999"),
+    # init_k relative to cluster.k (8 here)
+    ({"ablation": {"variants": [{"name": "big", "init_k": "5x"}]}},
+     "ablation.variants.0.init_k: 40 clusters but only 36 training utterances"),
+    ({"ablation": {"variants": [{"name": "tiny", "init_k": "0.1x"}]}},
+     "ablation.variants.0.init_k: 1 clusters (from cluster.k = 8); at least 2 are needed"),
+    ({"ablation": {"variants": [{"name": "x", "init_k": "1x"}]}},
+     "ablation.variants.0: variant 'x' has the same switches as 'full'"),
+    ({"ablation": {"variants": [{"name": "x", "init_k": "0.75"}]}},
+     "ablation.variants.0.init_k: '0.75' is not valid under any of the given schemas"),
 ])
 def test_start_up_rejects_configs_that_would_break_or_mislead(extra, message):
     """Names that escape the layout, a variant that would replace or duplicate another, and
@@ -253,3 +270,49 @@ def test_the_documented_slurm_command_dry_runs(workflow_copy):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "dino" in out and "This was a dry-run" in out
+
+
+def test_the_voxceleb_preset_states_its_own_schedule_and_lr():
+    """config/voxceleb.yaml over config.yaml: its momentum is used as written (config.yaml's
+    lag does not carry over), DINO's lr follows its batch by the linear scaling rule from the
+    paper's 0.25 at 240, the default config's lr is applied as written, and the ablation's
+    cluster counts follow K."""
+    from ssrl.config import check_config, effective_init_k, load_config
+    from ssrl.training.optim import scaled_lr, teacher_momentum
+
+    default = load_config(REPO / "config.yaml")
+    assert scaled_lr(default["dino"]) == 0.1  # the default run's numbers do not move
+    vox = load_config(REPO / "config.yaml", REPO / "config/voxceleb.yaml")
+    check_config(vox)
+    for section in ("dino", "ssrl"):
+        assert vox[section]["teacher_lag_epochs"] is None
+        m = teacher_momentum(vox[section], 2275, 2275 * 10)
+        assert (m[0], m[-1]) == (0.999, 0.9999)
+    assert scaled_lr(vox["dino"]) == 0.25
+    mini = load_config(REPO / "config.yaml", REPO / "config/voxceleb.yaml",
+                       REPO / "config/voxceleb-mini.yaml")
+    assert scaled_lr(mini["dino"]) == pytest.approx(0.25 * 8 / 240)
+    ks = {v["name"]: effective_init_k(v.get("init_k"), vox["cluster"]["k"])
+          for v in vox["ablation"]["variants"]}
+    assert ks["k6000"] == 6000 and ks["k10000"] == 10000
+    assert {v["name"]: effective_init_k(v.get("init_k"), mini["cluster"]["k"])
+            for v in mini["ablation"]["variants"]}["k6000"] == 6
+    # the overlay changes only model size, epochs, batch, K, device and data paths
+    overlay = yaml.safe_load((REPO / "config/voxceleb-mini.yaml").read_text())
+    assert set(overlay) == {"experiment", "data", "model", "augment", "runtime", "dino",
+                            "cluster", "ssrl", "iterative"}
+    assert set(overlay["ssrl"]) == {"epochs", "batch_size"}
+    assert set(overlay["dino"]) == {"epochs", "warmup_epochs", "batch_size", "out_dim",
+                                    "hidden_dim", "bottleneck_dim"}
+
+
+def test_snakemake_checks_data_paths_at_start_up(workflow_copy):
+    """The VoxCeleb preset without the corpora: one line naming the key and the path, before
+    any job runs (not when its preparation job runs)."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "1",
+           "--configfile", "config/voxceleb.yaml"]
+    proc = subprocess.run(cmd, cwd=workflow_copy, env=ssrl_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert ("Invalid config: config key data.voxceleb.train_root: /data/voxceleb2/dev not "
+            "found") in proc.stdout + proc.stderr, proc.stdout[-2000:]

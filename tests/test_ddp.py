@@ -1,18 +1,24 @@
-"""SSRL under `torchrun` with 2 gloo processes on CPU: every process must hold the same
-per-utterance state (labels, queue, p_clean, active clusters) and the same student weights,
-and the result must match a single-process run over the same global batches.
+"""DINO and SSRL under `torchrun` with 2 gloo processes on CPU, launched as the workflow's rules
+launch them (`torchrun --standalone --nproc_per_node=2 -m ssrl <stage>`, runtime.gpus_per_job
+2): every process holds the same state (weights, the BatchNorm statistics of student and
+teacher, per-utterance labels, queue, p_clean), the result matches one process over the same
+global batches, and a run killed mid-epoch resumes to the uninterrupted run's result, bit for
+bit.
 
-gloo has no SyncBatchNorm, so on CPU each process normalises its half of the batch with its own
-statistics; through Adam (whose first steps move every weight by about the learning rate,
-whatever the gradient's size) that alone decorrelates the 1- and 2-process weights. Both runs
-here therefore freeze BatchNorm to its running statistics: what remains to compare is exactly
-what DDP must get right (data split, gradient averaging, gathered labels, queue, GMM)."""
+BatchNorm normalises over the global batch (`GlobalBatchNorm`: gloo on CPU has no
+`nn.SyncBatchNorm`), and DDP does not broadcast buffers (which broke DINO's several student
+forwards per step). So 1 and 2 processes differ only in the order of floating-point sums
+(two halves, then an all-reduce, against one batch); the tolerances below bound what that
+leaves after a few optimiser steps."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,120 +28,232 @@ from conftest import REPO, smoke_job, ssrl_env, write_job
 
 pytestmark = pytest.mark.slow
 
-# Runs `python -m ssrl ssrl ...` in each torchrun process, with checkpoints written by every
-# rank (rank<r>_e<epoch>_s<step>.pt) instead of rank 0 only, so the ranks can be compared.
+# Runs `python -m ssrl <stage> ...` in each process, with checkpoints written by every rank
+# (rank<r>_e<epoch>_s<step>.pt, `_final` for the finished state) so the ranks can be compared.
 RANK_DUMPS = """\
 import os, sys
 from pathlib import Path
 
 import torch
 
-import ssrl.training.checkpoints
+import ssrl.training.checkpoints as ck
 from ssrl.cli import main
 
-_save = ssrl.training.checkpoints.Checkpoints.save
+_save, _finish = ck.Checkpoints.save, ck.Checkpoints.finish
+
+
+def dump(state, tag=""):
+    rank = int(os.environ.get("RANK", "0"))
+    name = f"rank{rank}_e{state['epoch']}_s{state['step']}{tag}.pt"
+    torch.save(state, Path(sys.argv[1]) / name)
 
 
 def save_every_rank(self, state):
-    rank = int(os.environ.get("RANK", "0"))
-    torch.save(state, Path(sys.argv[1]) / f"rank{rank}_e{state['epoch']}_s{state['step']}.pt")
+    if not state.get("finished"):
+        dump(state)
     _save(self, state)
 
 
-def frozen_batch_norm(self, x):
-    return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                                          self.bias, False, 0.0, self.eps)
+def finish_every_rank(self, state):
+    dump(state, "_final")
+    _finish(self, state)
 
 
-ssrl.training.checkpoints.Checkpoints.save = save_every_rank
-torch.nn.modules.batchnorm._BatchNorm.forward = frozen_batch_norm
+ck.Checkpoints.save, ck.Checkpoints.finish = save_every_rank, finish_every_rank
 sys.exit(main(sys.argv[2:]))
 """
 PER_UTT = ("labels", "p_clean", "active", "recorded_label", "recorded_loss")
+SSRL_JOB = "seed0/ssrl/noisy_label_modeling~True_scale~32.0"
+CHANGES = {
+    "dino": {"runtime": {"device": "cpu", "checkpoint_every_steps": 1},
+             "dino": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 8}},
+    "ssrl": {"runtime": {"device": "cpu", "checkpoint_every_steps": 1},
+             "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "hold_epochs": 2,
+                      "queue_len": 3, "record_from_epoch": 0}},
+}
+TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
 
 
-def ssrl_cmd(job: Path, smoke, out: Path) -> list[str]:
+def stage_args(stage: str, job: Path, smoke, out: Path) -> list[str]:
+    """The rule's arguments after `-m ssrl` (stage1.smk / stage2.smk)."""
     r = smoke.results
-    return ["ssrl", "--job", str(job), "--train", str(r / "store/train"),
-            "--noise", str(r / "store/noise"), "--rir", str(r / "store/rir"),
-            "--init", str(r / "seed0/dino/model.pt"),
-            "--labels", str(r / "seed0/cluster/dino_k6/labels.npz"), "--out", str(out)]
+    args = [stage, "--job", str(job), "--train", str(r / "store/train"),
+            "--noise", str(r / "store/noise"), "--rir", str(r / "store/rir")]
+    if stage == "ssrl":
+        args += ["--init", str(r / "seed0/dino/model.pt"),
+                 "--labels", str(r / "seed0/cluster/dino_k6/labels.npz")]
+    return [*args, "--out", str(out)]
 
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def runs(smoke_run, tmp_path_factory):
-    """(folder of the 2-process run, its rank dumps, folder of the 1-process run, its dumps)."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    cfg = smoke_job(smoke_run, "seed0/ssrl/noisy_label_modeling~True_scale~32.0", tmp, {
-        "runtime": {"device": "cpu"},
-        "ssrl": {"epochs": 3, "steps_per_epoch": 2, "batch_size": 8, "hold_epochs": 2,
-                 "queue_len": 3, "record_from_epoch": 0}})
-    job = write_job(cfg, tmp / "job.json")
-    script = tmp / "rank_dumps.py"
-    script.write_text(RANK_DUMPS)
-    dumps, dumps1 = tmp / "dumps", tmp / "dumps1"
-    dumps.mkdir()
-    dumps1.mkdir()
+def run(cmd: list[str], log: Path) -> None:
     env = ssrl_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")  # unreachable: buffered
-    torchrun = Path(sys.executable).parent / "torchrun"
-    two = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(dumps),
-         *ssrl_cmd(job, smoke_run, tmp / "two")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-5000:]
-    one = subprocess.run([sys.executable, str(script), str(dumps1),
-                          *ssrl_cmd(job, smoke_run, tmp / "one")],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return tmp / "two", dumps, tmp / "one", dumps1
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                              timeout=400, check=False)
+    assert done.returncode == 0, log.read_text()[-5000:]
 
 
-def test_every_rank_holds_the_same_state(runs):
-    _, dumps, _, _ = runs
-    names = sorted(p.name[len("rank0_"):] for p in dumps.glob("rank0_*.pt"))
-    assert names == ["e1_s0.pt", "e2_s0.pt", "e3_s0.pt"]  # epoch ends
-    assert sorted(p.name[len("rank1_"):] for p in dumps.glob("rank1_*.pt")) == names
-    for name in names:
-        r0, r1 = load(dumps / f"rank0_{name}"), load(dumps / f"rank1_{name}")
-        for key in (*PER_UTT, *(k for k in r0 if k.startswith("queue."))):
+class Runs:
+    """One stage run three ways on the same job: 2 processes and 1 process (every rank's
+    checkpoints dumped), and 2 processes through the rule's command, killed mid-epoch and
+    rerun."""
+
+    def __init__(self, stage: str, smoke, tmp: Path) -> None:
+        name = "seed0/dino" if stage == "dino" else SSRL_JOB
+        self.stage, self.tmp = stage, tmp
+        self.job = write_job(smoke_job(smoke, name, tmp, CHANGES[stage]), tmp / "job.json")
+        script = tmp / "rank_dumps.py"
+        script.write_text(RANK_DUMPS)
+        self.two, self.one, self.cut = tmp / "two", tmp / "one", tmp / "cut"
+        self.dumps2, self.dumps1 = tmp / "dumps2", tmp / "dumps1"
+        for d in (self.dumps2, self.dumps1):
+            d.mkdir()
+        run([*TORCHRUN, str(script), str(self.dumps2),
+             *stage_args(stage, self.job, smoke, self.two)], tmp / "two.log")
+        run([sys.executable, str(script), str(self.dumps1),
+             *stage_args(stage, self.job, smoke, self.one)], tmp / "one.log")
+        rule = [*TORCHRUN, "-m", "ssrl", *stage_args(stage, self.job, smoke, self.cut)]
+        self.killed_at = kill_group_mid_epoch(rule, self.cut / "checkpoint/last.pt",
+                                              tmp / "cut.log")
+        run(rule, tmp / "resume.log")
+
+
+def kill_group_mid_epoch(cmd: list[str], ckpt: Path, log: Path) -> tuple[int, int]:
+    """Start `cmd` (torchrun and its workers, in a session of their own) and SIGKILL all of
+    them once the checkpoint is inside an epoch (> 0), as a node lost mid-epoch. They are
+    frozen (SIGSTOP) while the checkpoint is read, so the position returned is the one the
+    rerun resumes from."""
+    env = ssrl_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"training ended before it was killed:\n{log.read_text()[-3000:]}")
+            if ckpt.exists():
+                os.killpg(proc.pid, signal.SIGSTOP)
+                try:
+                    state = load(ckpt)
+                except (OSError, RuntimeError, EOFError):
+                    state = None
+                if state and state["step"] > 0 and state["epoch"] >= 1:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    return state["epoch"], state["step"]
+                os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        pytest.fail("no mid-epoch checkpoint appeared")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def dino(smoke_run, tmp_path_factory) -> Runs:
+    return Runs("dino", smoke_run, tmp_path_factory.mktemp("ddp_dino"))
+
+
+@pytest.fixture(scope="module")
+def ssrl(smoke_run, tmp_path_factory) -> Runs:
+    return Runs("ssrl", smoke_run, tmp_path_factory.mktemp("ddp_ssrl"))
+
+
+def rank_names(dumps: Path, rank: int) -> list[str]:
+    return sorted(p.name.split("_", 1)[1] for p in dumps.glob(f"rank{rank}_*.pt"))
+
+
+def assert_ranks_equal(r0: dict, r1: dict, name: str) -> None:
+    """Every tensor either process would resume from, compared bit for bit."""
+    for part in ("student", "teacher"):
+        assert list(r0[part]) == list(r1[part])
+        for key in r0[part]:  # parameters and every BatchNorm buffer
+            assert torch.equal(r0[part][key], r1[part][key]), (name, part, key)
+    for key in (*PER_UTT, "center", *(k for k in r0 if k.startswith("queue."))):
+        if key in r0:
             assert torch.equal(r0[key].nan_to_num(-7.0), r1[key].nan_to_num(-7.0)), (name, key)
-        params = [k for k in r0["student"] if "running_" not in k and "num_batches" not in k]
-        assert all(torch.equal(r0["student"][k], r1["student"][k]) for k in params), name
-        assert [{k: v for k, v in row.items() if k != "seconds"} for row in r0["history"]] == [
-            {k: v for k, v in row.items() if k != "seconds"} for row in r1["history"]]
-    last = load(dumps / "rank0_e3_s0.pt")
-    assert last["labels"].shape == (16,) and (last["p_clean"] < 1).any()  # the GMM ran
+    without = [{k: v for k, v in row.items() if k != "seconds"} for row in r0["history"]]
+    assert without == [{k: v for k, v in row.items() if k != "seconds"}
+                       for row in r1["history"]]
 
 
-def test_two_processes_match_one_over_the_same_global_batches(runs, smoke_run):
-    two, dumps, one, dumps1 = runs
-    with np.load(two / "labels.npz") as a, np.load(one / "labels.npz") as b:
-        assert np.array_equal(a["labels"], b["labels"])
-    c2, c1 = load(dumps / "rank0_e3_s0.pt"), load(dumps1 / "rank0_e3_s0.pt")
-    assert torch.equal(c2["labels"], c1["labels"]) and torch.equal(c2["active"], c1["active"])
-    assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=1e-3), (c2["p_clean"], c1["p_clean"])
-    e2, e1 = load(two / "model.pt")["encoder"], load(one / "model.pt")["encoder"]
+@pytest.mark.parametrize("stage", ["dino", "ssrl"])
+def test_every_rank_holds_the_same_state(stage, request):
+    runs: Runs = request.getfixturevalue(stage)
+    names = rank_names(runs.dumps2, 0)
+    assert names == rank_names(runs.dumps2, 1)
+    steps = 3 if stage == "dino" else 2
+    epochs = 2 if stage == "dino" else 3
+    assert len(names) == epochs * steps  # every step, the last one as the finished state
+    assert f"e{epochs}_s0_final.pt" in names
+    for name in names:
+        assert_ranks_equal(load(runs.dumps2 / f"rank0_{name}"),
+                           load(runs.dumps2 / f"rank1_{name}"), name)
+    bn = [k for k in load(runs.dumps2 / f"rank0_{names[-1]}")["teacher"] if "running_var" in k]
+    assert bn  # the comparison covered BatchNorm statistics
+
+
+def updates(e: dict, e0: dict, keys: list[str]) -> torch.Tensor:
+    return torch.cat([(e[k].float() - e0[k].float()).flatten() for k in keys])
+
+
+@pytest.mark.parametrize("stage", ["dino", "ssrl"])
+def test_two_processes_match_one_over_the_same_global_batches(stage, request):
+    runs: Runs = request.getfixturevalue(stage)
+    h2, h1 = (json.loads((d / "history.json").read_text()) for d in (runs.two, runs.one))
+    # the global batch's loss, every epoch: equal up to summation order
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-5, abs=0)
+    # student and teacher as they end, BatchNorm statistics included: their change since the
+    # first step (the same starting point for both) agrees in direction and size
+    final = f"rank0_e{len(h1)}_s0_final.pt"
+    s2, s1 = load(runs.dumps2 / final), load(runs.dumps1 / final)
+    s0 = load(runs.dumps1 / "rank0_e0_s1.pt")
+    for part in ("student", "teacher"):
+        keys = [k for k in s1[part] if s1[part][k].is_floating_point()]
+        u2, u1 = updates(s2[part], s0[part], keys), updates(s1[part], s0[part], keys)
+        assert torch.nn.functional.cosine_similarity(u2, u1, dim=0) > 0.99999, part
+        assert (u2 - u1).norm() < 1e-3 * u1.norm(), part
+    e2, e1 = load(runs.two / "model.pt")["encoder"], load(runs.one / "model.pt")["encoder"]
     assert list(e2) == list(e1)
-    # Summation order differs (two halves vs one batch); Adam turns that into a full step for
-    # the few weights whose gradient is ~0, so compare the updates as a whole, and mostly
-    # weight by weight. (Per-process BatchNorm gives cosine ~0.5 and thousands apart.)
-    e0 = load(smoke_run.results / "seed0/dino/model.pt")["encoder"]
-    u2, u1 = (torch.cat([(e[k] - e0[k]).flatten() for k in e1]) for e in (e2, e1))
-    assert torch.nn.functional.cosine_similarity(u2, u1, dim=0) > 0.9999
-    assert ((u2 - u1).abs() > 1e-5).float().mean() < 0.01
-    h2, h1 = (json.loads((d / "history.json").read_text()) for d in (two, one))
-    assert [r["n_clusters"] for r in h2] == [r["n_clusters"] for r in h1]
-    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-4)
+    if stage == "ssrl":
+        with np.load(runs.two / "labels.npz") as a, np.load(runs.one / "labels.npz") as b:
+            assert np.array_equal(a["labels"], b["labels"])
+        c2, c1 = (load(d / "rank0_e3_s0_final.pt") for d in (runs.dumps2, runs.dumps1))
+        assert torch.equal(c2["active"], c1["active"])
+        assert torch.allclose(c2["p_clean"], c1["p_clean"], atol=1e-4)
+        assert [r["n_clusters"] for r in h2] == [r["n_clusters"] for r in h1]
 
 
-def test_only_rank_0_writes_outputs_and_tracks(runs):
-    two, dumps, _, _ = runs
-    state = json.loads((two / "mlflow_run.json").read_text())
+@pytest.mark.parametrize("stage", ["dino", "ssrl"])
+def test_two_processes_killed_mid_epoch_resume_bit_exactly(stage, request):
+    runs: Runs = request.getfixturevalue(stage)
+    epoch, step = runs.killed_at
+    log = (runs.tmp / "resume.log").read_text()
+    assert f"resuming {'DINO ' if stage == 'dino' else ''}at epoch {epoch} step {step}" in log
+    assert "2 processes" in log  # the world size, in the job's log
+    e2, ec = load(runs.two / "model.pt")["encoder"], load(runs.cut / "model.pt")["encoder"]
+    assert list(e2) == list(ec)
+    assert [k for k in e2 if not torch.equal(e2[k], ec[k])] == []
+    h2, hc = (json.loads((d / "history.json").read_text()) for d in (runs.two, runs.cut))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in h2] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in hc]
+    if stage == "ssrl":
+        with np.load(runs.two / "labels.npz") as a, np.load(runs.cut / "labels.npz") as b:
+            assert np.array_equal(a["labels"], b["labels"])
+            assert np.array_equal(a["centroids"], b["centroids"])
+
+
+def test_only_rank_0_writes_outputs_and_tracks(ssrl):
+    state = json.loads((ssrl.two / "mlflow_run.json").read_text())
     assert state["run_name"] == "ssrl-full-seed0"
-    records = [json.loads(line) for line in (two / "mlflow_buffer.jsonl").read_text().splitlines()]
+    records = [json.loads(line)
+               for line in (ssrl.two / "mlflow_buffer.jsonl").read_text().splitlines()]
     assert [r["op"] for r in records].count("end") == 1
     assert [r["op"] for r in records].count("params") == 1

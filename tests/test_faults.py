@@ -124,7 +124,11 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, tmp
     history = [json.loads((d / "history.json").read_text()) for d in (ref, cut)]
     assert without_seconds(history[0]) == without_seconds(history[1])
     assert len(history[0]) == (2 if stage == "dino" else 3)
-    assert not (cut / "checkpoint").exists()  # a finished job leaves no resume point
+    # a finished job keeps its final resume point, marked finished, without the optimiser
+    final = torch.load(cut / "checkpoint/last.pt", map_location="cpu", weights_only=True)
+    assert final["finished"] and "optimizer" not in final and final["step"] == 0
+    assert final["epoch"] == len(history[0])
+    assert sorted(p.name for p in (cut / "checkpoint").iterdir()) == ["last.pt"]
     if stage == "ssrl":
         with np.load(ref / "labels.npz") as a, np.load(cut / "labels.npz") as b:
             assert np.array_equal(a["labels"], b["labels"])
@@ -133,6 +137,62 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, tmp
     # killed session never ended it
     ops = Counter(json.loads(line)["op"] for line in (cut / BUFFER_FILE).read_text().splitlines())
     assert ops["end"] == 1
+
+
+# --- killed after training, before its outputs were accepted: no second training -----------
+def kill_when_finished(proc: subprocess.Popen, ckpt: Path, log: Path) -> None:
+    """SIGKILL `proc` once its checkpoint says training is over (its outputs are being
+    written, or about to be): a job that overran its time limit in the wrap-up."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{log.read_text()[-3000:]}")
+        if ckpt.exists():
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):
+                state = None
+            if state and state.get("finished"):
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(timeout=30) == -signal.SIGKILL
+                return
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("no finished checkpoint appeared")
+
+
+@pytest.mark.parametrize("stage", ["dino", "ssrl"])
+def test_killed_after_training_reruns_without_training(stage, smoke_run, tmp_path):
+    """Killed once training was over but before the workflow accepted the outputs (Snakemake
+    then deletes whatever outputs there are): the rerun writes them from the finished
+    checkpoint, with no training step, equal to an uninterrupted run's."""
+    cfg = job(stage, smoke_run, tmp_path, {
+        "runtime": {"device": "cpu"}, "dino": {"epochs": 2, "steps_per_epoch": 2},
+        "ssrl": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 8}})
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    finish(start(train_cmd(stage, cfg, smoke_run, ref), tmp_path / "ref.log"),
+           tmp_path / "ref.log")
+    proc = start(train_cmd(stage, cfg, smoke_run, cut), tmp_path / "cut.log")
+    kill_when_finished(proc, cut / "checkpoint" / "last.pt", tmp_path / "cut.log")
+    outputs = ["model.pt", "history.json", "compute.json"] + (["labels.npz"] if stage == "ssrl"
+                                                              else [])
+    for name in outputs:  # what Snakemake does with a failed job's outputs
+        (cut / name).unlink(missing_ok=True)
+    finish(start(train_cmd(stage, cfg, smoke_run, cut), tmp_path / "rerun.log"),
+           tmp_path / "rerun.log")
+    log = (tmp_path / "rerun.log").read_text()
+    assert log.count("finished training in an earlier run (epoch 2") == 1, log
+    assert "epoch 1/2" not in log and "epoch 2/2" not in log and "resuming" not in log
+    assert all((cut / name).is_file() for name in outputs)
+    assert_same_encoder(ref / "model.pt", cut / "model.pt")
+    history = [json.loads((d / "history.json").read_text()) for d in (ref, cut)]
+    assert without_seconds(history[0]) == without_seconds(history[1])
+    if stage == "ssrl":
+        with np.load(ref / "labels.npz") as a, np.load(cut / "labels.npz") as b:
+            assert np.array_equal(a["labels"], b["labels"])
+            assert np.array_equal(a["centroids"], b["centroids"])
 
 
 # --- a changed config never resumes the old checkpoint or the old MLflow run ----------------

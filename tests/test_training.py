@@ -208,8 +208,10 @@ def test_short_dino_run_lowers_the_loss(tiny):
     assert history[-1]["loss"] < history[0]["loss"]
     assert compute["epochs"] == 4 and compute["steps"] == 12
     assert compute["utterance_passes"] == pytest.approx(12 * 8 / 16)
-    # a finished job leaves no resume point that a changed rerun could pick up
-    assert (root / "dino" / "model.pt").exists() and not (root / "dino/checkpoint").exists()
+    # a finished job keeps a finished resume point (no optimiser) until it runs again
+    assert (root / "dino" / "model.pt").exists()
+    final = torch.load(root / "dino/checkpoint/last.pt", map_location="cpu", weights_only=True)
+    assert final["finished"] and final["epoch"] == 4 and "optimizer" not in final
 
 
 def test_short_ssrl_run_tracks_clusters_and_evaluates(tiny):

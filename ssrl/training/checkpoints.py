@@ -4,8 +4,14 @@ A checkpoint carries a fingerprint of everything that determines the job's resul
 (every section it reads, minus where and how it runs), the identity of each input (a store's
 checksummed meta.json, a model or label file's bytes) and the training code's version. A job
 resumes only from a checkpoint with its own fingerprint; otherwise it starts over and says so
-in one log line. A finished job deletes its checkpoint, so a rerun with changed values can never
-pick it up: the result always comes from the config that names it.
+in one log line, so a rerun with changed values can never pick up another job's state: the
+result always comes from the config that names it.
+
+A job that finished training keeps its last resume point, marked finished and without the
+optimiser's state (`finish`), until it runs again: a job killed after training but before the
+workflow accepted its outputs (a SLURM time limit hit in the wrap-up, a node lost) is rerun by
+writing its outputs from that point, with no training. The next run of the job (any
+fingerprint) replaces or removes it.
 """
 
 from __future__ import annotations
@@ -99,7 +105,13 @@ class Checkpoints:
             return None
         return state
 
-    def finish(self) -> None:
-        """The job wrote its result: its resume point must not outlive it."""
-        if self.d.main:  # the folder holds only this job's resume points (and a killed write's)
-            shutil.rmtree(self.dir, ignore_errors=True)
+    def finish(self, state: dict[str, Any]) -> None:
+        """Training is over: keep `state` (the final one, less its optimiser) marked finished,
+        so that a rerun of this job before its outputs were accepted writes them again without
+        training. Called before the outputs are written."""
+        if not self.d.main:
+            return
+        for stale in self.dir.glob("*"):  # a killed write's leftovers
+            if stale != self.path:
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+        self.save({k: v for k, v in state.items() if k != "optimizer"} | {"finished": True})

@@ -29,14 +29,22 @@ from ssrl.models.model_file import save_model_file
 from ssrl.training.checkpoints import Checkpoints
 from ssrl.training.ema import ema_update, frozen_copy
 from ssrl.training.job import Inputs, Progress, compute_record, write_records
-from ssrl.training.optim import cosine_schedule, param_groups, set_lr, teacher_momentum
+from ssrl.training.optim import (
+    cosine_schedule,
+    param_groups,
+    scaled_lr,
+    set_lr,
+    teacher_momentum,
+)
 from ssrl.training.runtime import (
     Dist,
+    all_reduce_mean,
     autocast,
     distribute,
     finite_or_raise,
     init_runtime,
     maybe_compile,
+    sync_batch_norm,
     unwrap,
 )
 
@@ -114,6 +122,8 @@ def build_dino_run(cfg: dict, store, augmenter, device: torch.device, d: Dist) -
     # statistics its outputs barely differ between utterances early on, the centred targets
     # turn uniform, and training collapses (measured on the built-in corpus).
     teacher = frozen_copy(student).to(device).train()
+    # Under torchrun both normalise over the global batch, as one process would.
+    student, teacher = (sync_batch_norm(m, device, d) for m in (student, teacher))
     maybe_compile(cfg["runtime"], student.encoder, teacher.encoder)
     student = distribute(student, device, d)
     optimizer = torch.optim.SGD(param_groups(student, c["weight_decay"]), lr=0.0,
@@ -127,7 +137,7 @@ def build_dino_run(cfg: dict, store, augmenter, device: torch.device, d: Dist) -
                    torch.zeros(1, c["out_dim"], device=device),
                    CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter,
                                device, cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"]),
-                   cosine_schedule(c["lr"], c["min_lr"], total, c["warmup_epochs"] * steps),
+                   cosine_schedule(scaled_lr(c), c["min_lr"], total, c["warmup_epochs"] * steps),
                    teacher_momentum(c, steps, total), steps)
 
 
@@ -163,7 +173,7 @@ def dino_step(run: DINORun, crops: dict, epoch: int, step: int) -> float:
     with run.phase("ema"):
         ema_update(run.teacher, unwrap(run.student), float(run.momentum_at[it]))
         run.center = updated_center(run.center, teacher_out, c["center_momentum"], run.d)
-    return loss.item()
+    return all_reduce_mean(loss.detach(), run.d).item()  # the global batch's loss
 
 
 def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
@@ -183,17 +193,23 @@ def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
     if state is not None:
         unwrap(run.student).load_state_dict(state["student"])
         run.teacher.load_state_dict(state["teacher"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        if not state.get("finished"):
+            run.optimizer.load_state_dict(state["optimizer"])
         run.center = state["center"].to(device)
         epoch0, step0, history = state["epoch"], state["step"], state["history"]
         resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
-        log.info("resuming DINO at epoch %d step %d", epoch0, step0)
+        if state.get("finished"):
+            log.info("DINO finished training in an earlier run (epoch %d, %s): writing its "
+                     "outputs again, no training", epoch0, ckpt.path)
+        else:
+            log.info("resuming DINO at epoch %d step %d", epoch0, step0)
 
-    def checkpoint(epoch: int, step: int, losses: list[float]) -> None:
-        ckpt.save({"student": unwrap(run.student).state_dict(),
-                   "teacher": run.teacher.state_dict(), "optimizer": run.optimizer.state_dict(),
-                   "center": run.center.cpu(), "epoch": epoch, "step": step,
-                   "history": history, "epoch_losses": losses if step else []})
+    def checkpoint(epoch: int, step: int, losses: list[float], finished: bool = False) -> None:
+        state = {"student": unwrap(run.student).state_dict(),
+                 "teacher": run.teacher.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "center": run.center.cpu(), "epoch": epoch, "step": step,
+                 "history": history, "epoch_losses": losses if step else []}
+        ckpt.finish(state) if finished else ckpt.save(state)
 
     every = cfg["runtime"]["checkpoint_every_steps"]
     progress = Progress(c["epochs"], history, tracker)
@@ -211,12 +227,15 @@ def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
         progress.epoch({"epoch": epoch + 1,
                         "loss": float(np.mean(losses)) if losses else float("nan"),
                         "seconds": time.time() - t_epoch})
-        checkpoint(epoch + 1, 0, [])
+        if epoch + 1 < c["epochs"]:
+            checkpoint(epoch + 1, 0, [])
+    # Kept (finished, no optimiser) until the job runs again: a job stopped after this point,
+    # before its outputs were accepted, writes them again from here without training.
+    checkpoint(c["epochs"], 0, [], finished=True)
 
     compute = compute_record(history, run.steps, c["batch_size"], len(store))
     if d.main:
         save_model_file(out_dir / "model.pt", run.teacher.encoder, cfg["model"], run.frontend,
                         {"stage": "dino", "seed": cfg["seed"]})
         write_records(out_dir, history, compute, tracker)
-    ckpt.finish()
     return compute

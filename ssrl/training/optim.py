@@ -38,16 +38,30 @@ def momentum_from_lag(lag_epochs: float, steps_per_epoch: int) -> float:
     return 1.0 - 1.0 / max(lag_epochs * steps_per_epoch, 1.0)
 
 
+#: The paper's EMA momentum [start, end], used when a section sets neither it nor a lag.
+PAPER_MOMENTUM = (0.999, 0.9999)
+
+
 def teacher_momentum(c: dict, steps_per_epoch: int, total_steps: int) -> np.ndarray:
     """Per-step EMA momentum of a stage's config section: from `teacher_lag_epochs`
     [start, end] when given (the dynamics then survive a change of data size or batch), else
-    from `momentum_start` / `momentum_end` as written."""
+    from `momentum_start` / `momentum_end` as written (null: the paper's). The start-up check
+    refuses a section that sets both."""
     lag = c.get("teacher_lag_epochs")
     if lag:
         start, end = (momentum_from_lag(x, steps_per_epoch) for x in lag)
     else:
-        start, end = c["momentum_start"], c["momentum_end"]
+        start, end = (d if c.get(k) is None else c[k]
+                      for k, d in zip(("momentum_start", "momentum_end"), PAPER_MOMENTUM))
     return linear_schedule(start, end, total_steps)
+
+
+def scaled_lr(c: dict) -> float:
+    """A section's base lr under the linear scaling rule: `lr x batch_size /
+    lr_reference_batch` when a reference batch is given (DINO's rule, reference 256), else
+    `lr` as written."""
+    ref = c.get("lr_reference_batch")
+    return c["lr"] * c["batch_size"] / ref if ref else c["lr"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+log = logging.getLogger("ssrl.train")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ def init_runtime(runtime: dict) -> tuple[torch.device, Dist]:
     cuda = torch.cuda.is_available() and want != "cpu"
     if dist_info.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        if dist_info.main:
+            log.info("torchrun: %d processes, %s backend", dist_info.world, dist.get_backend())
         # Leave the group before the interpreter tears down: gloo's threads otherwise die
         # joinable and abort the process ("terminate called without an active exception").
         atexit.register(_leave_group)
@@ -96,13 +101,98 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def distribute(model: nn.Module, device: torch.device, d: Dist) -> nn.Module:
-    """The student as the processes train it: DDP under torchrun (SyncBatchNorm on GPUs; gloo on
-    CPU has no SyncBatchNorm, so BatchNorm statistics stay per process there)."""
+    """The student as the processes train it: DDP under torchrun, its BatchNorm synchronised.
+
+    Batch statistics are computed over the global batch (`sync_batch_norm`), so every
+    process holds the same running statistics and DDP need not broadcast buffers: with
+    `broadcast_buffers=True` DDP overwrites them in place at every forward, which breaks
+    autograd when one step runs the student more than once before its backward (DINO: global
+    crops, then local crops)."""
     if d.world == 1:
         return model
+    model = sync_batch_norm(model, device, d)
+    return nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device, d: Dist) -> nn.Module:
+    """`model` with every BatchNorm normalising over the global batch of all processes, so
+    that N processes compute what one process computes on the whole batch (up to summation
+    order). CUDA: `nn.SyncBatchNorm`; CPU (gloo, which `nn.SyncBatchNorm` does not run on):
+    `GlobalBatchNorm`. Unchanged when alone. State-dict keys stay the same."""
+    if d.world == 1 or any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm))
+                           for m in model.modules()):
+        return model
     if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return GlobalBatchNorm.convert(model)
+
+
+_BN_GROUP = None
+
+
+def _bn_group():
+    """A process group of its own for the statistics' all-reduces (forward and backward), so
+    they never interleave with DDP's asynchronous gradient buckets on the default group."""
+    global _BN_GROUP
+    if _BN_GROUP is None:
+        _BN_GROUP = dist.new_group(backend=dist.get_backend())
+    return _BN_GROUP
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all `torchrun` processes, in plain differentiable
+    operations (any backend, CPU included): per-channel sums are all-reduced (and, in the
+    backward, their gradients), so the output, the gradients and the running statistics are
+    those of one process normalising the concatenated batch."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {x.dim()}-D)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        group = _bn_group()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        dist.all_reduce(count, group=group)
+        n = count.item()
+        mean = all_reduce(x.sum(dims), group=group) / n
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum(dims), group=group) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
+        return y
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Every BatchNorm{1,2,3}d of `module` replaced by a GlobalBatchNorm with its state."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, device=next(
+                          iter(module.state_dict().values())).device)
+            new.load_state_dict(module.state_dict())
+            if module.affine:
+                new.weight.requires_grad_(module.weight.requires_grad)
+                new.bias.requires_grad_(module.bias.requires_grad)
+            new.train(module.training)
+            return new
+        for name, child in module.named_children():
+            converted = cls.convert(child)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module
 
 
 def finite_or_raise(loss: torch.Tensor, epoch: int, step: int) -> None:

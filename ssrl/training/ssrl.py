@@ -57,6 +57,7 @@ from ssrl.training.runtime import (
     finite_or_raise,
     init_runtime,
     maybe_compile,
+    sync_batch_norm,
     unwrap,
 )
 
@@ -283,6 +284,8 @@ def build_run(cfg: dict, c: dict, store, augmenter, labels: np.ndarray, centroid
             student.classifier.weight.copy_(torch.from_numpy(centroids))
     student.to(device)
     teacher = frozen_copy(student).to(device) if relabel and c["ema"] else None
+    student = sync_batch_norm(student, device, d)  # under torchrun: over the global batch
+    teacher = sync_batch_norm(teacher, device, d) if teacher is not None else None
     maybe_compile(cfg["runtime"], student.encoder, *([teacher.encoder] if teacher else []))
     student = distribute(student, device, d)
     optimizer = torch.optim.Adam(param_groups(student, c["weight_decay"]), lr=0.0,
@@ -404,19 +407,25 @@ def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarra
         unwrap(student).load_state_dict(saved["student"])
         if teacher is not None:
             teacher.load_state_dict(saved["teacher"])
-        optimizer.load_state_dict(saved["optimizer"])
+        if not saved.get("finished"):
+            optimizer.load_state_dict(saved["optimizer"])
         run.state.load(saved)
         epoch0, step0, history = saved["epoch"], saved["step"], saved["history"]
         resumed_losses = list(saved.get("epoch_losses", []))  # this epoch's steps so far
-        log.info("resuming at epoch %d step %d", epoch0, step0)
+        if saved.get("finished"):
+            log.info("%s finished training in an earlier run (epoch %d, %s): writing its "
+                     "outputs again, no training", stage, epoch0, ckpt.path)
+        else:
+            log.info("resuming at epoch %d step %d", epoch0, step0)
 
-    def checkpoint(epoch: int, step: int, losses: list[float]) -> None:
-        ckpt.save({"student": unwrap(student).state_dict(),
-                   "teacher": teacher.state_dict() if teacher is not None else {},
-                   "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                   "history": history, "epoch_losses": losses if step else [],
-                   **{k: torch.from_numpy(np.ascontiguousarray(v))
-                      for k, v in run.state.arrays().items()}})
+    def checkpoint(epoch: int, step: int, losses: list[float], finished: bool = False) -> None:
+        state = {"student": unwrap(student).state_dict(),
+                 "teacher": teacher.state_dict() if teacher is not None else {},
+                 "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                 "history": history, "epoch_losses": losses if step else [],
+                 **{k: torch.from_numpy(np.ascontiguousarray(v))
+                    for k, v in run.state.arrays().items()}}
+        ckpt.finish(state) if finished else ckpt.save(state)
 
     result = teacher if teacher is not None else unwrap(student)  # the model this stage yields
     progress = Progress(epochs, history, tracker)
@@ -431,7 +440,10 @@ def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarra
             row.update(evaluate_waves(result.encoder, run.frontend, dev, device, split="dev"))
         row["seconds"] = time.time() - t_epoch
         progress.epoch(row)
-        checkpoint(epoch + 1, 0, [])
+        if epoch + 1 < epochs:
+            checkpoint(epoch + 1, 0, [])
+    # Kept (finished, no optimiser) until the job runs again: see Checkpoints.finish.
+    checkpoint(epochs, 0, [], finished=True)
 
     compute = compute_record(history, run.steps, c["batch_size"], len(store))
     if d.main:
@@ -440,7 +452,6 @@ def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarra
         save_npz(out / "labels.npz", utt_ids=np.array(store.utt_ids), labels=run.state.labels,
                  centroids=result.classifier.weight.detach().cpu().numpy())
         write_records(out, history, compute, tracker)
-    ckpt.finish()
     return compute
 
 

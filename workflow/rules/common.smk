@@ -23,7 +23,9 @@ from ssrl.config import (  # noqa: E402
     CLASSIFIER_KEYS,
     FULL,
     check_config,
+    check_data_paths,
     count_utterances,
+    effective_init_k,
     variant_config,
 )
 from ssrl.data.synth import PART_KEYS  # noqa: E402
@@ -59,6 +61,8 @@ def n_train_utterances():
 
 try:
     check_config(config, n_train_utterances())
+    # every data path a preparation still has to read exists (a missing /data/... is found now)
+    check_data_paths(config, lambda name: os.path.exists(f"{R}/data/{name}/wav.scp"))
 except InputError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 
@@ -103,7 +107,7 @@ SWITCHES = sorted({key for v in VARIANTS for key in v if key != "name"})
 
 
 def grid_value(c, key):
-    return (c["init_k"] or K) if key == "init_k" else c[key]
+    return effective_init_k(c["init_k"], K) if key == "init_k" else c[key]
 
 
 GRID = pd.DataFrame(
@@ -118,7 +122,7 @@ VARIANT_CONFIG = {v["name"]: variant_config(SSRL, v) for v in VARIANTS}
 
 
 def variant_k(name):
-    return VARIANT_CONFIG[name]["init_k"] or K
+    return effective_init_k(VARIANT_CONFIG[name]["init_k"], K)
 
 
 # --- the iterative baseline's chains of rounds ----------------------------------------------
