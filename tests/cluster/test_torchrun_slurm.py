@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 from cluster_support import CONFIGS, EXTRA, SLURM_ARGS, new_workflow, say
 
 
@@ -22,8 +21,6 @@ def _environ(pid: int) -> dict[str, str]:
                 if "=" in item)
 
 
-@pytest.mark.skip(reason="needs the 2-process DINO fix of branch i20-ddp (DINO crashes under "
-                         "torchrun on this branch: issue 20, part 2); enable after the merge")
 def test_two_process_dino_in_one_slurm_allocation(local_run, slurm, tmp_path):
     # the local run's prepared data and stores, copied with their times: only DINO reruns
     run = new_workflow(tmp_path / "wf", EXTRA)
@@ -48,5 +45,7 @@ def test_two_process_dino_in_one_slurm_allocation(local_run, slurm, tmp_path):
     run.wait()
     assert job_id is not None and ranks == {"0": "2", "1": "2"}, ranks
     assert (run.results / "seed0/dino/model.pt").is_file()
+    log = (run.results / "logs/seed0/dino.log").read_text()
+    assert "torchrun: 2 processes, gloo backend" in log, log[-3000:]
     say(f"torchrun inside SLURM job {job_id}: world size 2 (ranks {sorted(ranks)}), "
         f"{os.cpu_count()} CPUs on the node")
