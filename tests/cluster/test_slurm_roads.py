@@ -35,7 +35,9 @@ from ssrl.tracking.mlflow_run import BUFFER_FILE, STATE_FILE
 FULL = "ssrl/noisy_label_modeling~True"
 
 
-@pytest.fixture(scope="module")
+# Session scope, like local_run: pytest sets up wider-scoped fixtures first, and the SLURM
+# run must start before the tests wait for the local one.
+@pytest.fixture(scope="session")
 def slurm_run(tmp_path_factory, slurm, mlflow_server, local_run_started) -> dict:
     """The smoke preset through profiles/slurm, logging to the PostgreSQL-backed server. Its
     DINO job is cancelled and its full SSRL job requeued, each frozen right after a mid-epoch
