@@ -9,7 +9,7 @@ CONFIG ?=
 CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test venv lint lock report clean-results
+.PHONY: run test test-cluster venv lint lock report clean-results
 
 venv: $(STAMP)
 
@@ -31,6 +31,21 @@ test: venv
 	@set +e; $(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; exit 1; fi; \
 	exit $$rc
+
+# For maintainers and cluster admins, not a user command (README, "Testing the cluster roads"):
+# installs (Debian packages, as root) and starts a one-node SLURM cluster and a PostgreSQL-backed
+# MLflow server (infra/), runs tests/cluster/ against them, and stops every daemon it started,
+# by PID, also when a test fails or the run is interrupted.
+test-cluster: venv
+	@set +e; \
+	trap 'infra/mlflow/stop.sh; a=$$?; infra/slurm/stop.sh; b=$$?; \
+	      if [ $$a -ne 0 ] || [ $$b -ne 0 ]; then echo "make test-cluster: daemons left" >&2; exit 1; fi; \
+	      exit $$rc' EXIT; \
+	trap 'rc=130; exit' INT TERM; rc=1; start=$$(date +%s); \
+	infra/slurm/setup.sh && infra/mlflow/setup.sh || exit; \
+	$(BIN)/python -m pytest -o addopts="" -q -s -rA tests/cluster; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-cluster: pytest collected no tests - failing" >&2; rc=1; fi; \
+	echo "make test-cluster: pytest exit $$rc after $$(( $$(date +%s) - start )) s"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -59,6 +59,41 @@ def resolve_tracking_uri(config_uri: str | None, results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Refuse to start a workflow whose MLflow server does not answer (a typo in the URI would
+    otherwise only show as buffered records). A file or SQLite store needs no check; a server
+    (`http(s)://`) must answer `/health`, a database URI must accept a connection."""
+    import socket
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file", "sqlite") or not parts.hostname:
+        return
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    shown = parts._replace(netloc=host).geturl()  # no user name or password in messages
+    try:
+        if parts.scheme in ("http", "https"):
+            health = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health"
+            urllib.request.urlopen(health, timeout=timeout).close()
+        else:
+            default = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(
+                parts.scheme.split("+")[0], 0)
+            socket.create_connection((parts.hostname, parts.port or default),
+                                     timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # a server behind authentication: it answers
+            return
+        raise InputError(f"MLflow tracking URI {shown}: the server answered HTTP {err.code} "
+                         "on /health; is it an MLflow server?") from None
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise InputError(f"MLflow tracking URI {shown} is unreachable ({reason}): start the "
+                         "server, or unset MLFLOW_TRACKING_URI / tracking.uri to log to SQLite "
+                         "under the results folder") from None
+
+
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested dicts -> {"a.b": "value"}; every value stringified (MLflow params are strings)."""
     flat: dict[str, str] = {}

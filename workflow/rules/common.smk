@@ -9,6 +9,8 @@ import copy
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from ssrl.config import (  # noqa: E402
 from ssrl.data.prepare import SETS  # noqa: E402
 from ssrl.data.synth import PART_KEYS  # noqa: E402
 from ssrl.files import InputError, OutputError, clean_stale_tmp  # noqa: E402
+from ssrl.tracking.mlflow_run import check_tracking_server, resolve_tracking_uri  # noqa: E402
 
 try:  # before anything walks the config: YAML aliases may expand it to billions of values
     check_size(config)
@@ -68,6 +71,29 @@ try:
     check_data_paths(config, lambda name: os.path.exists(f"{R}/data/{name}/wav.scp"))
 except InputError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
+
+
+def check_cluster():
+    """Start-up checks of the submitting run (not repeated inside each cluster job): the
+    MLflow server answers, and a configured SLURM partition exists where `sinfo` can tell."""
+    if workflow.remote_exec or os.environ.get("SLURM_JOB_ID"):
+        return
+    uri = resolve_tracking_uri(config["tracking"]["uri"], Path(config["results_dir"]))
+    check_tracking_server(uri)
+    partition = config["runtime"]["partition"]
+    if partition and shutil.which("sinfo"):
+        found = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True,
+                               timeout=30, check=False)
+        names = found.stdout.split()
+        if found.returncode == 0 and names and partition not in names:
+            raise InputError(f"runtime.partition: no partition {partition!r} on this SLURM "
+                             f"cluster (sinfo lists: {', '.join(sorted(set(names)))})")
+
+
+try:
+    check_cluster()
+except InputError as err:
+    raise WorkflowError(str(err)) from None
 
 if SOURCE == "builtin":
     HAS_DEV = DATA["builtin"]["dev_speakers"] > 0
@@ -203,8 +229,18 @@ def identity(name, stage, seed=None, **extra):
             **extra}
 
 
+# Runtime keys that only tell the scheduler where a job runs and what it may use: kept out of
+# the job configs, so moving to another partition or account reruns nothing.
+SCHEDULING_KEYS = ("mem_mb", "runtime_min", "partition", "account")
+
+
+def job_runtime():
+    return {k: v for k, v in config["runtime"].items() if k not in SCHEDULING_KEYS}
+
+
 def sections(*names, **more):
     cfg = {name: copy.deepcopy(config[name]) for name in SHARED_SECTIONS + names}
+    cfg["runtime"] = job_runtime()
     cfg.update(copy.deepcopy(more))
     return cfg
 
@@ -258,7 +294,7 @@ JOBS = {
                                   "min_seconds": 0.0 if name == "rir" else DATA["min_seconds"]}}
        for name in ("train", "dev", "test", "noise", "rir")},
     "features": {"features": config["features"]},
-    "embed": {"runtime": config["runtime"], "eval": config["eval"]},
+    "embed": {"runtime": job_runtime(), "eval": config["eval"]},
     "score": {"eval": config["eval"]},
     "baseline": {"job": identity("baseline", "baseline")},
     "report": {"job": identity("report", "report"), "experiment": EXP,
@@ -308,12 +344,35 @@ def launcher():
     return ["python", "-m", "ssrl"]
 
 
-def train_resources():
+def processes():
+    """Processes of a training job: torchrun's `--nproc_per_node`, else 1."""
+    return max(1, config["runtime"]["gpus_per_job"])
+
+
+def resources():
+    """What every submitted job asks the scheduler for (SLURM; the local profile ignores all
+    but the threads): memory, time, one node (torchrun --standalone), partition, account."""
     rt = config["runtime"]
-    res = {"mem_mb": rt["mem_mb"], "runtime": rt["runtime_min"], "gpu": rt["gpus_per_job"]}
+    res = {"mem_mb": rt["mem_mb"], "runtime": rt["runtime_min"], "nodes": 1}
     if rt["partition"]:
         res["slurm_partition"] = rt["partition"]
+    if rt["account"]:
+        res["slurm_account"] = rt["account"]
     return res
+
+
+def train_resources():
+    """A training job's request: GPUs (one per torchrun process) only when it runs on GPUs;
+    with `device: cpu`, `gpus_per_job` processes share the job's CPUs (gloo)."""
+    res = resources()
+    if config["runtime"]["device"] != "cpu" and config["runtime"]["gpus_per_job"] > 0:
+        res["gpu"] = config["runtime"]["gpus_per_job"]
+    return res
+
+
+def train_threads():
+    """CPUs a training job uses: each process's torch threads and its data-loader workers."""
+    return processes() * (config["runtime"]["threads"] + config["runtime"]["num_workers"])
 
 
 def all_results():

@@ -15,6 +15,8 @@ rule prepare_data:
         directory(f"{R}/data/{{set}}"),
     wildcard_constraints:
         set="train|dev|test|noise|rir",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/prepare_data_{{set}}.log",
     shell:
@@ -33,6 +35,8 @@ rule wave_store:
     wildcard_constraints:
         set="train|dev|test|noise|rir",
     threads: config["data"]["workers"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/wave_store_{{set}}.log",
     shell:
@@ -50,6 +54,8 @@ rule feature_store:
         directory(f"{R}/feats/{{set}}"),
     wildcard_constraints:
         set="dev|test",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/feature_store_{{set}}.log",
     shell:
@@ -67,6 +73,8 @@ rule baseline:
         f"{R}/eval/baseline/emb_test.npz",
     params:
         run=f"{R}/baseline",
+    resources:
+        **resources(),
     log:
         f"{LOGS}/baseline.log",
     shell:

@@ -16,6 +16,8 @@ rule embed_test:
     params:
         segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/eval/{{system}}/embed_test.log",
     shell:
@@ -38,6 +40,8 @@ rule embed_train:
     params:
         segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/eval/{{system}}/embed_train.log",
     shell:
@@ -71,6 +75,8 @@ rule score:
         ),
         run=lambda w: f"{R}/{w.system}",
     threads: config["runtime"]["threads"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/eval/{{system}}/score.log",
     shell:
@@ -102,6 +108,8 @@ rule tables:
         out=lambda w, output: os.path.dirname(output.main_csv),
         root=lambda w, output: results_root(output),
     threads: config["runtime"]["threads"]
+    resources:
+        **resources(),
     log:
         f"{LOGS}/tables.log",
     shell:
@@ -127,6 +135,8 @@ rule plots:
     params:
         out=lambda w, output: os.path.dirname(output.det),
         root=lambda w, output: results_root(output),
+    resources:
+        **resources(),
     log:
         f"{LOGS}/plots.log",
     shell:
@@ -147,6 +157,8 @@ rule export_ssrl:
     params:
         out=lambda w, output: os.path.dirname(output.onnx),
         run=lambda w, input: os.path.dirname(input[0]),
+    resources:
+        **resources(),
     log:
         f"{LOGS}/export_ssrl.log",
     shell:

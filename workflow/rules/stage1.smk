@@ -17,7 +17,7 @@ rule dino:
     params:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
-    threads: config["runtime"]["threads"]
+    threads: train_threads()
     resources:
         **train_resources(),
     log:
@@ -44,7 +44,7 @@ rule cluster:
     params:
         out=lambda w, output: os.path.dirname(output.labels),
         launch=launcher(),
-    threads: config["runtime"]["threads"]
+    threads: train_threads()
     resources:
         **train_resources(),
     log:

@@ -23,7 +23,7 @@ rule ssrl:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
         dev=lambda w, input: dev_flag(input),
-    threads: config["runtime"]["threads"]
+    threads: train_threads()
     resources:
         **train_resources(),
     log:
@@ -56,7 +56,7 @@ rule iterative_round:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
         dev=lambda w, input: dev_flag(input),
-    threads: config["runtime"]["threads"]
+    threads: train_threads()
     resources:
         **train_resources(),
     log:
@@ -86,7 +86,7 @@ rule supervised:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
         dev=lambda w, input: dev_flag(input),
-    threads: config["runtime"]["threads"]
+    threads: train_threads()
     resources:
         **train_resources(),
     log:
