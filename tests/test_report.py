@@ -46,8 +46,9 @@ def systems() -> list[dict]:
             rows.append(_row(f"iterative-round{r}-seed{s}", "iterative", f"Iterative round {r}",
                              s, f"seed{s}/iterative/round{r}", round=r, chain=chain,
                              quality=f"seed{s}/cluster/dino_k8/quality.json"))
-        for v, switches in (("full", {"queue_len": 5}), ("no_nlm", {"queue_len": 5}),
-                            ("queue_1", {"queue_len": 1})):
+        for v, switches in (("full", {"queue_len": 5, "noisy_label_modeling": True}),
+                            ("no_nlm", {"queue_len": 5, "noisy_label_modeling": False}),
+                            ("queue_1", {"queue_len": 1, "noisy_label_modeling": True})):
             name = f"ssrl-{v}-seed{s}"
             rows.append(_row(name, "ssrl", "SSRL" if v == "full" else f"SSRL {v}", s,
                              f"seed{s}/ssrl/{v}", variant=v, switches=switches,
@@ -174,7 +175,9 @@ def test_paired_comparisons_and_gap_closed(tree):
     root, _ = tree
     text = (root / "tables" / "main.md").read_text()
     paired = md_rows(text.split("## Paired comparisons")[1])
-    assert list(paired)[1:4] == ["SSRL − Iterative round 2", "SSRL − DINO",
+    # the paper's questions first, then the floor comparisons
+    assert list(paired)[1:6] == ["SSRL − Iterative round 2", "SSRL − DINO",
+                                 "SSRL no_nlm − SSRL", "Iterative round 2 − DINO",
                                  "DINO − MFCC statistics (classical floor)"]
     m = {k: [_metrics(root, f"seed{s}/{k}")["eer"] for s in (0, 1)]
          for k in ("ssrl/full", "dino", "supervised")}
@@ -204,7 +207,7 @@ def test_crashed_variant_is_failed_not_hidden(tree):
     ablation = (root / "tables" / "ablation.md").read_text()
     rows = md_rows(ablation.split("## Paired comparisons")[0])
     assert rows["queue_1"][-1] == "failed" and rows["full"][-1] == "ok"
-    assert rows["no_nlm"][2] == "5" and rows["queue_1"][2] == "1"  # the switch column
+    assert rows["no_nlm"][2:4] == ["False", "5"] and rows["queue_1"][2:4] == ["True", "1"]
     paired = md_rows(ablation.split("## Paired comparisons")[1])
     delta = np.mean([_metrics(root, f"seed{s}/ssrl/no_nlm")["eer"]
                      - _metrics(root, f"seed{s}/ssrl/full")["eer"] for s in (0, 1)])
@@ -247,3 +250,38 @@ def test_html_page_escapes_and_renders_code_spans():
     page = html_page("t <1>", [("h", intro, ["c"], [{"c": 1.25}])])
     assert "<p><code>*</code>: the interval excludes 0 &lt;always&gt;</p>" in page
     assert "<title>t &lt;1&gt;</title>" in page and "`" not in page
+
+
+def test_minDCF_columns_of_about_one_become_one_line():
+    """Every system's minDCF ≈ 1 with overlapping intervals: one sentence, no column; a
+    system below the floor, or intervals that do not overlap, keep the column."""
+    from ssrl.report.comparisons import Estimate
+    from ssrl.report.results import Group
+    from ssrl.report.tables import flat_mindcf, flat_note
+
+    class Comp:
+        def __init__(self, values):
+            self.values = values
+
+        def summary(self, group, name):
+            v = self.values[group.key]
+            return {"eer": Estimate(20.0, 19.0, 21.0),
+                    "mindcf_0.01": Estimate(v[0], v[0] - 0.01, min(v[0] + 0.01, 1.0)),
+                    "mindcf_0.05": Estimate(v[1], v[1] - 0.2, min(v[1] + 0.01, 1.0))}
+
+    groups = [Group(k, k, "dino") for k in ("a", "b")]
+    flat = flat_mindcf(Comp({"a": (0.999, 0.985), "b": (1.0, 0.80)}), groups, ["trials"])
+    assert flat == {"mindcf_0.01": (0.999, 1.0)}  # 0.05: b is at 0.80, the column stays
+    assert flat_mindcf(Comp({"a": (0.96, 0.99), "b": (1.0, 0.99)}), groups,
+                       ["trials"]) == {"mindcf_0.05": (0.99, 0.99)}  # 0.01: [0.95, 0.97]
+    # against [0.99, 1.0]: the intervals do not overlap
+    note = flat_note(flat, "main.csv")
+    assert "minDCF 0.01 between 0.999 and 1.000 for every system" in note and "main.csv" in note
+
+
+def test_main_table_defines_gap_closed(tree):
+    root, _ = tree
+    text = (root / "tables" / "main.md").read_text()
+    assert "DINO→topline gap closed % = 100 × (EER of DINO − EER of the system) / (EER of " \
+           "DINO − EER of the topline)" in text
+    assert "gap closed" in (root / "tables" / "main.html").read_text()
