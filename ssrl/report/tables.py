@@ -459,7 +459,8 @@ def run_numbers(comp: Comparisons, groups: dict[str, Group], lists: list[str]
     by the system's folder: each metric's interval (`test/eer_low`, `test/eer_high`, per list
     as `test/<list>/eer_low` with several lists), the cumulative passes and minutes of the
     chain of stages that led to it, and the share of the DINO → topline gap it closes; and
-    the tag `system` (the row's name). {folder: {"metrics": {...}, "tags": {...}}}."""
+    the tag `system` (the row's name). {folder: {"metrics": {...}, "tags": {...}}}. Rounded to
+    4 decimals (the MLflow UI prints every digit; the tables print at most 3)."""
     by_name = {m.name: m for g in groups.values() for m in g.members}
     kinds = {g.kind: g for g in main_groups(groups)}
     dino, top = kinds.get("dino"), kinds.get("supervised")
@@ -483,7 +484,8 @@ def run_numbers(comp: Comparisons, groups: dict[str, Group], lists: list[str]
                 gap = comp.gap_closed(one, dino, top, lists[0])
                 if gap.value is not None:
                     numbers["test/gap_closed"] = gap.value
-            out[m.row["dir"]] = {"metrics": numbers, "tags": {"system": system_label(g)}}
+            out[m.row["dir"]] = {"metrics": {k: round(v, 4) for k, v in numbers.items()},
+                                 "tags": {"system": system_label(g)}}
     return out
 
 
