@@ -52,7 +52,8 @@ def systems() -> list[dict]:
             name = f"ssrl-{v}-seed{s}"
             rows.append(_row(name, "ssrl", "SSRL" if v == "full" else f"SSRL {v}", s,
                              f"seed{s}/ssrl/{v}", variant=v, switches=switches,
-                             chain=[dino, name]))
+                             chain=[dino, name],
+                             quality=f"seed{s}/cluster/dino_k8/quality.json"))
         rows.append(_row(f"supervised-seed{s}", "supervised", "Supervised topline", s,
                          f"seed{s}/supervised", chain=[dino, f"supervised-seed{s}"]))
     return rows
@@ -285,3 +286,87 @@ def test_main_table_defines_gap_closed(tree):
     assert "DINO→topline gap closed % = 100 × (EER of DINO − EER of the system) / (EER of " \
            "DINO − EER of the topline)" in text
     assert "gap closed" in (root / "tables" / "main.html").read_text()
+
+
+# --- captions against figures ------------------------------------------------------------------
+
+def _caption(name: str) -> str:
+    return " ".join((Path(__file__).resolve().parents[1] / "workflow" / "report" /
+                     f"{name}.rst").read_text().split())
+
+
+def _legend(fig) -> dict[str, object]:
+    legend = fig.legends[0]
+    return {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def test_trajectories_caption_matches_the_figure(tree, tmp_path):
+    from ssrl.report.plots import plot_trajectories
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    fig = plot_trajectories(load_groups(cfg, root), tmp_path / "t.png")
+    caption = _caption("trajectories")
+    nmi_axis = fig.axes[1]
+    rounds = [ln for ln in nmi_axis.get_lines() if ln.get_label().startswith("iterative rounds")]
+    assert "dark grey squares on a dotted line" in caption
+    assert len(rounds) == 1 and rounds[0].get_marker() == "s" and rounds[0].get_linestyle() == ":"
+    assert "dashed grey line is DINO's k-means" in caption and "drawn under" in caption
+    for ax in fig.axes[:4]:
+        dino = [ln for ln in ax.get_lines() if ln.get_label() == "DINO k-means (epoch 0)"]
+        variants = [ln for ln in ax.get_lines() if ln.get_label().startswith("SSRL ")]
+        for ref in dino:
+            assert ref.get_linestyle() == "--"
+            assert all(v.get_zorder() > ref.get_zorder() for v in variants)
+    assert set(_legend(fig)) >= {"SSRL full", "SSRL no_nlm", "DINO k-means (epoch 0)"}
+    # "the title says 'one seed' or how many": the tree has two seeds
+    assert 'the title says "one seed" or how many' in caption
+    assert fig._suptitle.get_text() == "SSRL ablation trajectories (mean over 2 seeds)"
+
+
+def test_det_caption_matches_the_figure_and_every_point_is_inside(tree, tmp_path):
+    from matplotlib.lines import Line2D
+
+    from ssrl.report.plots import plot_det
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    groups = load_groups(cfg, root)
+    curves = {}
+    for g in groups.values():
+        m = g.members[0]
+        if m.ok and (g.kind != "ssrl" or g.row["variant"] == "full"):
+            entry = m.list_metrics("trials")
+            from ssrl.evaluation.scoring import read_scores
+
+            curves[g.label] = read_scores(root / m.row["eval"] / entry["scores"])
+    fig = plot_det(curves, tmp_path / "det.png", "DET curves on the test trials, seed 0")
+    caption = _caption("det")
+    assert "open circle: p_target 0.01, open square: 0.05" in caption
+    legend = _legend(fig)
+    for label, marker in (("minDCF point, p_target 0.01", "o"),
+                          ("minDCF point, p_target 0.05", "s")):
+        assert legend[label].get_marker() == marker
+        assert legend[label].get_markerfacecolor() == "none"
+    for system in ("MFCC statistics", "DINO", "Iterative round 2", "SSRL", "Supervised"):
+        assert any(t.startswith(system) for t in legend), system
+    ax = fig.axes[0]
+    assert ax.get_title() == "DET curves on the test trials, seed 0"
+    points = [ln for ln in ax.get_lines() if isinstance(ln, Line2D) and len(ln.get_xdata()) == 1]
+    assert len(points) == 2 * len(curves)  # every system's two minDCF points ...
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for ln in points:  # ... inside the axes
+        assert x0 <= ln.get_xdata()[0] <= x1 and y0 <= ln.get_ydata()[0] <= y1
+
+
+def test_dynamics_caption_matches_the_figure(tree, tmp_path):
+    from ssrl.report.plots import plot_dynamics
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    fig = plot_dynamics(load_groups(cfg, root), tmp_path / "d.png")
+    caption = _caption("dynamics")
+    assert "one line per seed" in caption and "Epoch 0 is the k-means start" in caption
+    assert set(_legend(fig)) == {"SSRL seed 0", "SSRL seed 1"}
+    for ax in fig.axes[:2]:
+        assert all(ln.get_xdata()[0] == 0 for ln in ax.get_lines())
