@@ -668,7 +668,8 @@ def research_views(eer: str, switches: list[str]) -> dict[str, dict[str, Any]]:
 
     def layout(columns: list[str]) -> dict[str, Any]:
         """The columns in this order (the run name first), wide enough for their names."""
-        widths = {c: 230 if c == _col("tags", "system") else 100 for c in columns}
+        widths = {c: 230 if c == _col("tags", "system") else 190 if "compute/" in c else 100
+                  for c in columns}
         return {"selectedColumns": columns, "columnOrder": [_col("tags", "mlflow.runName"),
                                                             *columns],
                 "columnWidths": widths}
