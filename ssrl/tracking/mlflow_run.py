@@ -91,9 +91,11 @@ def experiment_tags(experiment: str) -> dict[str, str]:
                 "per workflow job: DINO (stage 1), the iterative baseline's rounds (parent "
                 "`iterative-...`), SSRL and its ablation grid (parent `ablation-...`), the "
                 "supervised topline and the MFCC-statistics floor. Final test numbers are "
-                "`test/eer`, `test/mindcf_0.01`, `test/mindcf_0.05` (the tables' numbers); "
-                "per-epoch curves are `dev/...`, cluster count and pseudo-label NMI; per-step "
-                "training curves are `step/...`.")}
+                "`test/eer`, `test/mindcf_0.01`, `test/mindcf_0.05` with intervals "
+                "(`test/eer_low`, `test/eer_high`; the tables' numbers); per-epoch curves are "
+                "`dev/...` and the pseudo labels `labels/clusters`, `labels/nmi` (epoch 0: the "
+                "k-means start); per-step training curves are `step/...`. `ssrl mlflow-ui` "
+                "prints links to the saved views: systems by test EER, SSRL variants charted.")}
 
 
 class NullTracker:
