@@ -49,7 +49,13 @@ def _tracker(cfg: dict, out: Path, fingerprint: str | None = None):
     tags = {k: job[k] for k in ("stage", "variant", "seed", "dataset", "uses_labels")
             if job.get(k) is not None}
     params = {k: v for k, v in cfg.items() if k != "job"}
-    params["job"] = {k: job[k] for k in ("seed", "k", "epochs") if job.get(k) is not None}
+    if fingerprint is not None:  # a training job logs what ran in place of these (job.py)
+        from ssrl.training.job import EFFECTIVE_KEYS
+
+        params = {k: ({kk: vv for kk, vv in v.items() if kk not in EFFECTIVE_KEYS.get(k, ())}
+                      if isinstance(v, dict) else v) for k, v in params.items()}
+    params["job"] = {k: job[k] for k in ("seed", "k", "epochs", "round")
+                     if job.get(k) is not None}
     return Tracker(uri, job["experiment"], job["name"], out, tags=tags, params=params,
                    parent_run_name=job.get("parent"), fingerprint=fingerprint)
 
@@ -104,6 +110,8 @@ def _train(a: argparse.Namespace, fn) -> None:
     inputs = Inputs(Path(a.train), _opt(a.noise), _opt(a.rir), _opt(getattr(a, "dev", None)),
                     _opt(getattr(a, "init", None)), _opt(getattr(a, "labels", None)))
     with _tracker(cfg, out, inputs.fingerprint(cfg)) as tracker:
+        if a.job:
+            tracker.log_artifact(a.job, "config")  # the requested config; params: what ran
         fn(cfg, inputs, out, tracker)
     log.info("%s finished", cfg.get("job", {}).get("name", a.cmd))
 
@@ -134,9 +142,17 @@ def cmd_supervised(a: argparse.Namespace) -> None:
 
 def cmd_cluster(a: argparse.Namespace) -> None:
     from ssrl.training.clustering import cluster_stage
+    from ssrl.training.runtime import Dist
 
     quality = cluster_stage(_job(a.job), Path(a.model), Path(a.train), Path(a.out))
     log.info("k-means: %s", quality)
+    if a.run_dir and (Dist.from_env().main):
+        from ssrl.tracking.mlflow_run import annotate_run
+        from ssrl.training.job import mlflow_metrics
+
+        # the model's k-means start: epoch 0 of its run, as the tables show it
+        annotate_run(Path(a.run_dir), mlflow_metrics(
+            {k: v for k, v in quality.items() if k in ("n_clusters", "nmi", "purity")}))
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -267,16 +283,27 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def cmd_mlflow_ui(a: argparse.Namespace) -> None:
-    """The MLflow UI on an experiment's SQLite store, wherever its results folder now is."""
+    """The MLflow UI on an experiment's SQLite store, wherever its results folder now is; prints
+    the links of the saved views (systems by test EER; SSRL variants charted)."""
     import os
 
-    from ssrl.tracking.mlflow_run import relocate_artifacts
+    try:  # before anything touches the database
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise InputError(f"MLflow is not installed for {sys.executable}; use the project's "
+                         "environment (`make venv`, then `.venv/bin/python -m ssrl mlflow-ui`)"
+                         ) from None
+    from ssrl.tracking.mlflow_run import install_views, relocate_artifacts
 
     _check_port_free(a.host, a.port)  # else the server fails after start-up and exits 0
     db = Path(a.results) / "mlflow.db"
     moved = relocate_artifacts(db)
     if moved:
         log.info("%s: artifact locations updated to the folder's new place (%d)", db, moved)
+    root = f"http://{a.host}:{a.port}"
+    for experiment, views in install_views(f"sqlite:///{db.resolve()}", root).items():
+        print(f"experiment {experiment}:\n  systems by test EER:   {views['systems']}\n"
+              f"  SSRL variants charted: {views['ssrl']}", flush=True)
     # MLflow 3 otherwise starts a job runner and eight task consumers (~280 MB each) for its
     # GenAI jobs, which browsing an experiment does not use.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
@@ -316,19 +343,33 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
-    """The tables; then each sweep's parent MLflow run gets its summary (the table, every
+    """The tables; then every system's MLflow run gets the tables' other numbers (intervals,
+    cumulative compute, gap closed) and each sweep's parent run its summary (the table, every
     child's test EER, the best child)."""
     from ssrl.report.tables import write_tables
-    from ssrl.tracking.mlflow_run import resolve_tracking_uri, summarize_sweep
+    from ssrl.tracking.mlflow_run import (
+        annotate_run,
+        install_views,
+        resolve_tracking_uri,
+        summarize_sweep,
+    )
 
     cfg, out = _job(a.job), Path(a.out_dir)
     summary = write_tables(cfg, Path(a.root), out, a.threads)
     job = cfg.get("job")
     if not job:
         return
+    for folder, numbers in summary["runs"].items():
+        annotate_run(Path(a.root) / folder, numbers["metrics"], numbers["tags"])
     uri = resolve_tracking_uri(job.get("tracking_uri"), Path(job["results_dir"]))
-    for sweep, files in (("ablation", ["ablation.md", "ablation.csv", "ablation_paired.csv"]),
-                         ("iterative", ["main.md", "main.csv", "main_paired.csv"])):
+    try:  # the saved views `ssrl mlflow-ui` links to, also on a shared server
+        install_views(uri, experiment=job["experiment"])
+    except Exception as err:  # noqa: BLE001 - tracking never fails the job
+        log.warning("MLflow views not saved in %s: %s", uri, str(err).splitlines()[0][:200])
+    for sweep, files in (("ablation", ["ablation.md", "ablation.html", "ablation.csv",
+                                       "ablation_paired.csv"]),
+                         ("iterative", ["main.md", "main.html", "main.csv",
+                                        "main_paired.csv"])):
         eers = summary[sweep]
         if eers:
             best = min(eers, key=eers.get)
@@ -338,9 +379,21 @@ def cmd_tables(a: argparse.Namespace) -> None:
 
 
 def cmd_plots(a: argparse.Namespace) -> None:
+    """The figures; a workflow job also puts them on the sweeps' parent runs (the main
+    figures next to the main table, the trajectories next to the ablation table)."""
     from ssrl.report.plots import write_plots
+    from ssrl.tracking.mlflow_run import resolve_tracking_uri, summarize_sweep
 
-    write_plots(_job(a.job), Path(a.root), Path(a.out_dir))
+    cfg, out = _job(a.job), Path(a.out_dir)
+    write_plots(cfg, Path(a.root), out)
+    job = cfg.get("job")
+    if not job:
+        return
+    uri = resolve_tracking_uri(job.get("tracking_uri"), Path(job["results_dir"]))
+    for sweep, files in (("iterative", ["dynamics.png", "det.png"]),
+                         ("ablation", ["dynamics.png", "trajectories.png"])):
+        summarize_sweep(uri, job["experiment"], f"{sweep}-{job['experiment']}", {}, {},
+                        [out / f for f in files])
 
 
 # --- the one rule for every step's outputs ---------------------------------------------------
@@ -387,7 +440,7 @@ def check_step_paths(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssrl", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log lines")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn, help: str, job: str | None = None) -> argparse.ArgumentParser:
@@ -399,23 +452,27 @@ def build_parser() -> argparse.ArgumentParser:
         return s
 
     s = add("job-config", cmd_job_config, "write a job config (JSON on stdin) to a file")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the job config file to write")
     s = add("prepare", cmd_prepare, "write one Kaldi-style data folder (train, dev, test, noise "
             "or rir) from the configured source", "required")
-    s.add_argument("--set", required=True, choices=["train", "dev", "test", "noise", "rir"])
-    s.add_argument("--out", required=True)
+    s.add_argument("--set", required=True, choices=["train", "dev", "test", "noise", "rir"],
+                   help="which set to prepare")
+    s.add_argument("--out", required=True, help="the Kaldi-style folder to write")
     s = add("wave-store", cmd_wave_store, "build a wave store from a Kaldi-style folder",
             "optional")
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--on-bad", choices=["error", "skip"], default="error")
-    s.add_argument("--min-seconds", type=float, default=0.5)
+    s.add_argument("--data", required=True, help="the Kaldi-style folder to read")
+    s.add_argument("--out", required=True, help="the wave store folder to write")
+    s.add_argument("--on-bad", choices=["error", "skip"], default="error",
+                   help="a bad utterance stops the build, or is skipped and counted "
+                        "(default: error; a job config's data.on_bad wins)")
+    s.add_argument("--min-seconds", type=float, default=0.5,
+                   help="shorter utterances are bad (default: 0.5)")
     s.add_argument("--workers", type=int, default=0,
                    help="decoding threads (0 or 1: in the main thread); the store is the same")
     s = add("feature-store", cmd_feature_store, "precompute log-mel features of a wave store",
             "optional")
-    s.add_argument("--store", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--store", required=True, help="the wave store to read")
+    s.add_argument("--out", required=True, help="the feature store folder to write")
 
     for name, fn, help in (("dino", cmd_dino, "stage 1: DINO pretraining"),
                            ("ssrl", cmd_ssrl, "stage 2: SSRL"),
@@ -423,10 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
                            ("supervised", cmd_supervised,
                             "the supervised topline (true labels; reporting only)")):
         s = add(name, fn, help, "required")
-        s.add_argument("--train", required=True)
-        s.add_argument("--noise")
-        s.add_argument("--rir")
-        s.add_argument("--out", required=True)
+        s.add_argument("--train", required=True, help="training wave store")
+        s.add_argument("--noise", help="noise wave store (augmentation)")
+        s.add_argument("--rir", help="room impulse response wave store (augmentation)")
+        s.add_argument("--out", required=True,
+                       help="the stage's folder: model.pt, history.json, compute.json")
         if name != "dino":
             s.add_argument("--dev", help="dev wave store for the per-epoch EER")
             s.add_argument("--init", required=True, help="model.pt to start from")
@@ -435,25 +493,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("cluster", cmd_cluster, "k-means pseudo labels from a model's embeddings",
             "required")
-    s.add_argument("--model", required=True)
-    s.add_argument("--train", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--model", required=True, help="model.pt whose embeddings are clustered")
+    s.add_argument("--train", required=True, help="training wave store")
+    s.add_argument("--out", required=True,
+                   help="folder for labels.npz, utt2label and quality.json")
+    s.add_argument("--run-dir", help="the model's training folder: log the clustering's NMI "
+                   "and cluster count to its MLflow run as epoch 0")
 
     s = add("baseline", cmd_baseline, "MFCC-statistics embeddings (the classical floor)",
             "optional")
     s.add_argument("--store", required=True, help="wave store, Kaldi folder or wav.scp")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="embeddings.npz, or X.ark / X.scp (Kaldi)")
     s.add_argument("--run-dir", help="folder of its MLflow run state (default: next to --out)")
 
-    s = add("embed", cmd_embed, "embeddings of a store, feature store, Kaldi folder or wav.scp")
-    s.add_argument("--model", required=True)
+    s = add("embed", cmd_embed, "embeddings of a store, feature store, Kaldi folder, "
+            "wav.scp-style list or plain folder of audio files")
+    s.add_argument("--model", required=True, help="a model.pt written by the workflow")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="wave store, Kaldi folder or wav.scp")
+    src.add_argument("--data", help="wave store, Kaldi folder, wav.scp-style list (any name) "
+                     "or a folder of audio files (read recursively; utterance ids are the "
+                     "paths without extension)")
     src.add_argument("--feats", help="precomputed feature store")
     s.add_argument("--out", required=True,
                    help="embeddings.npz, or X.ark / X.scp (Kaldi: writes X.ark and X.scp)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     s.add_argument("--segment-seconds", type=float, default=180.0,
                    help="longer utterances are embedded as the mean of segments this long")
 
@@ -465,22 +530,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-dir", help="a Kaldi folder: score all its trial lists")
     s.add_argument("--store", help="a wave store: score its trial lists")
     s.add_argument("--utt2spk", help="speaker of each utterance (bootstrap units)")
-    s.add_argument("--norm", choices=["none", "mean", "asnorm"], default="none")
-    s.add_argument("--train-embeddings")
+    s.add_argument("--norm", choices=["none", "mean", "asnorm"], default="none",
+                   help="score normalisation: none, subtract the training mean, or AS-norm "
+                        "(both need --train-embeddings; default: none)")
+    s.add_argument("--train-embeddings", help="embeddings of the training set (mean / cohort)")
     s.add_argument("--labels", help="labels.npz of the training set (AS-norm cohort)")
-    s.add_argument("--top-n", type=int, default=300)
+    s.add_argument("--top-n", type=int, default=300,
+                   help="AS-norm: the closest cohort entries used (default: 300)")
     s.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (0: none)")
-    s.add_argument("--bootstrap-seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the bootstrap resamples (default: 0)")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     s.add_argument("--scores-dir", help="where the score files go (default: next to --out)")
     s.add_argument("--run-dir", help="a trained system's folder: log the metrics to its run")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="metrics.json to write")
 
     s = add("mlflow-ui", cmd_mlflow_ui, "open the MLflow UI on a results folder (fixes artifact "
             "locations if the folder was moved)")
     s.add_argument("--results", default="results", help="the folder holding mlflow.db")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                   "127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
 
     s = add("mlflow-sync", cmd_mlflow_sync, "send tracking records buffered under a results "
             "folder to MLflow, and list what is still buffered")
@@ -491,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("export", cmd_export, "export an encoder to TorchScript and ONNX")
     s.add_argument("--run-dir", help="the model's training folder: log the export to its run")
-    s.add_argument("--model", required=True)
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--model", required=True, help="a model.pt written by the workflow")
+    s.add_argument("--out-dir", required=True, help="folder for the exported files")
     s.add_argument("--with-frontend", action="store_true",
                    help="include the front end: the files take 16 kHz waveforms [batch, samples] "
                         "instead of features [batch, n_mels, frames]")
@@ -500,8 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in (("tables", cmd_tables), ("plots", cmd_plots)):
         s = add(name, fn, f"write the result {name}", "required")
         s.add_argument("--root", required=True, help="the experiment's results folder")
-        s.add_argument("--out-dir", required=True)
-        s.add_argument("--threads", type=int, default=1)
+        s.add_argument("--out-dir", required=True, help=f"folder for the {name}")
+        s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     return p
 
 

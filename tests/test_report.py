@@ -46,12 +46,14 @@ def systems() -> list[dict]:
             rows.append(_row(f"iterative-round{r}-seed{s}", "iterative", f"Iterative round {r}",
                              s, f"seed{s}/iterative/round{r}", round=r, chain=chain,
                              quality=f"seed{s}/cluster/dino_k8/quality.json"))
-        for v, switches in (("full", {"queue_len": 5}), ("no_nlm", {"queue_len": 5}),
-                            ("queue_1", {"queue_len": 1})):
+        for v, switches in (("full", {"queue_len": 5, "noisy_label_modeling": True}),
+                            ("no_nlm", {"queue_len": 5, "noisy_label_modeling": False}),
+                            ("queue_1", {"queue_len": 1, "noisy_label_modeling": True})):
             name = f"ssrl-{v}-seed{s}"
             rows.append(_row(name, "ssrl", "SSRL" if v == "full" else f"SSRL {v}", s,
                              f"seed{s}/ssrl/{v}", variant=v, switches=switches,
-                             chain=[dino, name]))
+                             chain=[dino, name],
+                             quality=f"seed{s}/cluster/dino_k8/quality.json"))
         rows.append(_row(f"supervised-seed{s}", "supervised", "Supervised topline", s,
                          f"seed{s}/supervised", chain=[dino, f"supervised-seed{s}"]))
     return rows
@@ -174,7 +176,9 @@ def test_paired_comparisons_and_gap_closed(tree):
     root, _ = tree
     text = (root / "tables" / "main.md").read_text()
     paired = md_rows(text.split("## Paired comparisons")[1])
-    assert list(paired)[1:4] == ["SSRL − Iterative round 2", "SSRL − DINO",
+    # the paper's questions first, then the floor comparisons
+    assert list(paired)[1:6] == ["SSRL − Iterative round 2", "SSRL − DINO",
+                                 "SSRL no_nlm − SSRL", "Iterative round 2 − DINO",
                                  "DINO − MFCC statistics (classical floor)"]
     m = {k: [_metrics(root, f"seed{s}/{k}")["eer"] for s in (0, 1)]
          for k in ("ssrl/full", "dino", "supervised")}
@@ -204,7 +208,7 @@ def test_crashed_variant_is_failed_not_hidden(tree):
     ablation = (root / "tables" / "ablation.md").read_text()
     rows = md_rows(ablation.split("## Paired comparisons")[0])
     assert rows["queue_1"][-1] == "failed" and rows["full"][-1] == "ok"
-    assert rows["no_nlm"][2] == "5" and rows["queue_1"][2] == "1"  # the switch column
+    assert rows["no_nlm"][2:4] == ["False", "5"] and rows["queue_1"][2:4] == ["True", "1"]
     paired = md_rows(ablation.split("## Paired comparisons")[1])
     delta = np.mean([_metrics(root, f"seed{s}/ssrl/no_nlm")["eer"]
                      - _metrics(root, f"seed{s}/ssrl/full")["eer"] for s in (0, 1)])
@@ -247,3 +251,122 @@ def test_html_page_escapes_and_renders_code_spans():
     page = html_page("t <1>", [("h", intro, ["c"], [{"c": 1.25}])])
     assert "<p><code>*</code>: the interval excludes 0 &lt;always&gt;</p>" in page
     assert "<title>t &lt;1&gt;</title>" in page and "`" not in page
+
+
+def test_minDCF_columns_of_about_one_become_one_line():
+    """Every system's minDCF ≈ 1 with overlapping intervals: one sentence, no column; a
+    system below the floor, or intervals that do not overlap, keep the column."""
+    from ssrl.report.comparisons import Estimate
+    from ssrl.report.results import Group
+    from ssrl.report.tables import flat_mindcf, flat_note
+
+    class Comp:
+        def __init__(self, values):
+            self.values = values
+
+        def summary(self, group, name):
+            v = self.values[group.key]
+            return {"eer": Estimate(20.0, 19.0, 21.0),
+                    "mindcf_0.01": Estimate(v[0], v[0] - 0.01, min(v[0] + 0.01, 1.0)),
+                    "mindcf_0.05": Estimate(v[1], v[1] - 0.2, min(v[1] + 0.01, 1.0))}
+
+    groups = [Group(k, k, "dino") for k in ("a", "b")]
+    flat = flat_mindcf(Comp({"a": (0.999, 0.985), "b": (1.0, 0.80)}), groups, ["trials"])
+    assert flat == {"mindcf_0.01": (0.999, 1.0)}  # 0.05: b is at 0.80, the column stays
+    assert flat_mindcf(Comp({"a": (0.96, 0.99), "b": (1.0, 0.99)}), groups,
+                       ["trials"]) == {"mindcf_0.05": (0.99, 0.99)}  # 0.01: [0.95, 0.97]
+    # against [0.99, 1.0]: the intervals do not overlap
+    note = flat_note(flat, "main.csv")
+    assert "minDCF 0.01 between 0.999 and 1.000 for every system" in note and "main.csv" in note
+
+
+def test_main_table_defines_gap_closed(tree):
+    root, _ = tree
+    text = (root / "tables" / "main.md").read_text()
+    assert "DINO→topline gap closed % = 100 × (EER of DINO − EER of the system) / (EER of " \
+           "DINO − EER of the topline)" in text
+    assert "gap closed" in (root / "tables" / "main.html").read_text()
+
+
+# --- captions against figures ------------------------------------------------------------------
+
+def _caption(name: str) -> str:
+    return " ".join((Path(__file__).resolve().parents[1] / "workflow" / "report" /
+                     f"{name}.rst").read_text().split())
+
+
+def _legend(fig) -> dict[str, object]:
+    legend = fig.legends[0]
+    return {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def test_trajectories_caption_matches_the_figure(tree, tmp_path):
+    from ssrl.report.plots import plot_trajectories
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    fig = plot_trajectories(load_groups(cfg, root), tmp_path / "t.png")
+    caption = _caption("trajectories")
+    nmi_axis = fig.axes[1]
+    rounds = [ln for ln in nmi_axis.get_lines() if ln.get_label().startswith("iterative rounds")]
+    assert "dark grey squares on a dotted line" in caption
+    assert len(rounds) == 1 and rounds[0].get_marker() == "s" and rounds[0].get_linestyle() == ":"
+    assert "dashed grey line is DINO's k-means" in caption and "drawn under" in caption
+    for ax in fig.axes[:4]:
+        dino = [ln for ln in ax.get_lines() if ln.get_label() == "DINO k-means (epoch 0)"]
+        variants = [ln for ln in ax.get_lines() if ln.get_label().startswith("SSRL ")]
+        for ref in dino:
+            assert ref.get_linestyle() == "--"
+            assert all(v.get_zorder() > ref.get_zorder() for v in variants)
+    assert set(_legend(fig)) >= {"SSRL full", "SSRL no_nlm", "DINO k-means (epoch 0)"}
+    # "the title says 'one seed' or how many": the tree has two seeds
+    assert 'the title says "one seed" or how many' in caption
+    assert fig._suptitle.get_text() == "SSRL ablation trajectories (mean over 2 seeds)"
+
+
+def test_det_caption_matches_the_figure_and_every_point_is_inside(tree, tmp_path):
+    from matplotlib.lines import Line2D
+
+    from ssrl.report.plots import plot_det
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    groups = load_groups(cfg, root)
+    curves = {}
+    for g in groups.values():
+        m = g.members[0]
+        if m.ok and (g.kind != "ssrl" or g.row["variant"] == "full"):
+            entry = m.list_metrics("trials")
+            from ssrl.evaluation.scoring import read_scores
+
+            curves[g.label] = read_scores(root / m.row["eval"] / entry["scores"])
+    fig = plot_det(curves, tmp_path / "det.png", "DET curves on the test trials, seed 0")
+    caption = _caption("det")
+    assert "open circle: p_target 0.01, open square: 0.05" in caption
+    legend = _legend(fig)
+    for label, marker in (("minDCF point, p_target 0.01", "o"),
+                          ("minDCF point, p_target 0.05", "s")):
+        assert legend[label].get_marker() == marker
+        assert legend[label].get_markerfacecolor() == "none"
+    for system in ("MFCC statistics", "DINO", "Iterative round 2", "SSRL", "Supervised"):
+        assert any(t.startswith(system) for t in legend), system
+    ax = fig.axes[0]
+    assert ax.get_title() == "DET curves on the test trials, seed 0"
+    points = [ln for ln in ax.get_lines() if isinstance(ln, Line2D) and len(ln.get_xdata()) == 1]
+    assert len(points) == 2 * len(curves)  # every system's two minDCF points ...
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for ln in points:  # ... inside the axes
+        assert x0 <= ln.get_xdata()[0] <= x1 and y0 <= ln.get_ydata()[0] <= y1
+
+
+def test_dynamics_caption_matches_the_figure(tree, tmp_path):
+    from ssrl.report.plots import plot_dynamics
+    from ssrl.report.results import load_groups
+
+    root, cfg = tree
+    fig = plot_dynamics(load_groups(cfg, root), tmp_path / "d.png")
+    caption = _caption("dynamics")
+    assert "one line per seed" in caption and "Epoch 0 is the k-means start" in caption
+    assert set(_legend(fig)) == {"SSRL seed 0", "SSRL seed 1"}
+    for ax in fig.axes[:2]:
+        assert all(ln.get_xdata()[0] == 0 for ln in ax.get_lines())

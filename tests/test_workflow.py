@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 MAIN_SYSTEMS = ["MFCC statistics (classical floor)", "DINO", "Iterative round 1",
-                "Iterative round 2", "SSRL", "Supervised topline (true labels)"]
+                "Iterative round 2", "SSRL", "SSRL no_nlm", "Supervised topline (true labels)"]
 VARIANTS = ["full", "no_nlm", "crash"]
 
 
@@ -124,8 +124,9 @@ def test_mlflow_runs(runs):
     assert by_name["dino-seed0"][0].data.params["dino.epochs"] == "1"
     assert by_name["supervised-seed0"][0].data.tags["uses_labels"] == "True"
 
-    history = client.get_metric_history(full.info.run_id, "n_clusters")
-    assert sorted(m.step for m in history) == [1, 2, 3]  # one per SSRL epoch, 1-based
+    history = client.get_metric_history(full.info.run_id, "labels/clusters")
+    # the k-means start (epoch 0), then one per SSRL epoch, 1-based
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]
     assert all(1 <= m.value <= 6 for m in history)
     assert [m.step for m in client.get_metric_history(full.info.run_id, "dev/eer")] == [3]
     dino = by_name["dino-seed0"][0].info.run_id
@@ -214,3 +215,128 @@ def test_a_second_run_gives_identical_numbers_and_weights(smoke_run, tmp_path):
         with np.load(first / rel) as a, np.load(second / rel) as b:
             assert np.array_equal(a["labels"], b["labels"]), rel
     shutil.rmtree(again)
+
+
+def _num(text: str) -> float | None:
+    return None if text in ("", "None") else float(text)
+
+
+def test_mlflow_holds_every_number_of_the_tables(smoke_run, runs):
+    """Every per-seed number of main.csv and ablation.csv is on its system's MLflow run under
+    one name: test metrics with their intervals, pseudo labels (`labels/...`), cumulative
+    compute, the gap closed, and the row's name as the `system` tag."""
+    import csv
+
+    client, found = runs
+    by_name = {r.info.run_name: r for r in found if r.info.status == "FINISHED"}
+    columns = {"EER %": "test/eer", "EER % CI low": "test/eer_low",
+               "EER % CI high": "test/eer_high", "minDCF 0.01": "test/mindcf_0.01",
+               "minDCF 0.01 CI low": "test/mindcf_0.01_low", "minDCF 0.05": "test/mindcf_0.05",
+               "minDCF 0.05 CI high": "test/mindcf_0.05_high", "NMI": "labels/nmi",
+               "clusters": "labels/clusters", "cumulative passes": "compute/cumulative_passes",
+               "cumulative min": "compute/cumulative_minutes", "gap closed %": "test/gap_closed"}
+    checked = 0
+    for table in ("main", "ablation"):
+        with open(smoke_run.results / "tables" / f"{table}.csv") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if row["status"] != "ok":
+                continue
+            key = row.get("key") or f"ssrl-{row['variant']}"
+            name = key if row["seed"] == "" else f"{key}-seed{row['seed']}"
+            run = client.get_run(by_name[name].info.run_id)
+            metrics = run.data.metrics
+            if table == "main":
+                assert run.data.tags["system"] == row["system"], name
+            for column, metric in columns.items():
+                if column not in row:
+                    continue
+                value = _num(row[column])
+                if value is None:
+                    assert metric not in metrics, (name, metric)
+                else:
+                    # the tables' numbers; those only the tables step logs are rounded to 4
+                    # decimals (the UI prints every digit)
+                    assert metrics[metric] == pytest.approx(value, rel=1e-9, abs=5e-5), (
+                        name, metric)
+                    checked += 1
+    assert checked > 60
+    # the topline has no pseudo labels; without noisy-label modelling there is no p_clean
+    top = by_name["supervised-seed0"].data.metrics
+    assert not any(k.startswith("labels/") for k in top)
+    no_nlm = by_name["ssrl-no_nlm-seed0"].data.metrics
+    assert "labels/nmi" in no_nlm and "labels/p_clean_mean" not in no_nlm
+    assert "labels/p_clean_mean" in by_name["ssrl-full-seed0"].data.metrics
+    # DINO's k-means start is its epoch 0
+    dino = by_name["dino-seed0"].info.run_id
+    assert [m.step for m in client.get_metric_history(dino, "labels/nmi")] == [0]
+
+
+def test_rounds_share_a_running_epoch_axis_and_name_their_round(runs):
+    client, found = runs
+    by_name = {r.info.run_name: r for r in found if r.info.status == "FINISHED"}
+    for r in (1, 2):
+        run = by_name[f"iterative-e1-round{r}-seed0"]
+        assert run.data.params["job.round"] == str(r)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [r]
+
+
+def test_params_say_what_ran_and_the_request_is_an_artifact(smoke_run, runs):
+    import json
+
+    import numpy as np
+
+    from ssrl.training.optim import teacher_momentum
+
+    client, found = runs
+    by_name = {r.info.run_name: r for r in found if r.info.status == "FINISHED"}
+    for name in ("dino-seed0", "ssrl-full-seed0", "iterative-e1-round1-seed0"):
+        params = by_name[name].data.params
+        assert params["runtime.device"] == "cpu"  # requested: auto
+        assert params["runtime.bf16"] == "False" and params["augment.on_gpu"] == "False"
+        assert params["runtime.compile"] == "False"
+    job = json.loads((smoke_run.results / "jobs" / "seed0" / "dino.json").read_text())
+    assert job["runtime"]["device"] == "auto" and job["runtime"]["bf16"] is True
+    dino = by_name["dino-seed0"]
+    history = client.get_metric_history(dino.info.run_id, "step/teacher_momentum")
+    assert float(dino.data.params["dino.momentum_start"]) == pytest.approx(
+        history[0].value, abs=1e-6)
+    # SSRL's teacher lag in epochs overrides momentum_start/end: the params give its schedule
+    full = next(json.loads(p.read_text()) for p in (smoke_run.results / "jobs").glob(
+        "seed0/ssrl/*.json") if json.loads(p.read_text())["job"]["name"] == "ssrl-full-seed0")
+    c = full["ssrl"]
+    assert c["teacher_lag_epochs"] and c["steps_per_epoch"] == 1
+    expected = np.asarray(teacher_momentum(c, 1, c["epochs"]))
+    params = by_name["ssrl-full-seed0"].data.params
+    assert [float(params[f"ssrl.momentum_{k}"]) for k in ("start", "end")] == pytest.approx(
+        [expected[0], expected[-1]], abs=1e-6)
+    assert abs(expected[-1] - c["momentum_end"]) > 1e-3  # what was asked is not what ran
+    assert by_name["iterative-e1-round1-seed0"].data.params["ssrl.momentum_start"] == \
+        "unused (no EMA teacher)"
+    files = {f.path for f in client.list_artifacts(dino.info.run_id, "config")}
+    assert files == {"config/dino.json"}
+
+
+def test_parents_carry_the_main_table_and_figures_and_views_open_on_test_eer(runs):
+    import json
+
+    client, found = runs
+    parents = {r.info.run_name: r for r in found if r.data.tags.get("sweep_parent") == "true"}
+    files = {f.path for f in client.list_artifacts(parents["iterative-smoke"].info.run_id)}
+    assert {"main.md", "main.html", "dynamics.png", "det.png"} <= files
+    files = {f.path for f in client.list_artifacts(parents["ablation-smoke"].info.run_id)}
+    assert {"ablation.html", "trajectories.png"} <= files
+    exp = client.get_experiment_by_name("smoke")
+    view = json.loads(exp.tags["mlflow.sharedViewState.systems"])
+    assert view["orderByKey"] == "metrics.`test/eer`" and view["orderByAsc"] is True
+    assert view["selectedColumns"][:6] == [
+        "tags.`system`", "metrics.`test/eer`", "metrics.`test/eer_low`",
+        "metrics.`test/eer_high`", "metrics.`labels/nmi`", "metrics.`labels/clusters`"]
+    # the filter keeps exactly the scored runs: no sweep parent, no failed run
+    shown = client.search_runs([exp.experiment_id], view["searchFilter"], max_results=100)
+    assert sorted(r.info.run_name for r in shown) == sorted(
+        r.info.run_name for r in found if "test/eer" in r.data.metrics)
+    assert all(r.info.status == "FINISHED" for r in shown) and len(shown) == 8
+    ssrl = json.loads(exp.tags["mlflow.sharedViewState.ssrl"])
+    assert [c.get("metricKey") for c in ssrl["compareRunCharts"]][0] == "test/eer"
+    assert exp.tags["mlflow.experiment.primaryMetric.name"] == "test/eer"

@@ -44,10 +44,12 @@ class KaldiDir:
     trials: dict[str, Path] = field(default_factory=dict)
     #: wav.scp line of each utterance, so later errors can point at it.
     lines: dict[str, int] = field(default_factory=dict)
+    #: the list file when it is not `path/wav.scp` (`ssrl embed --data list.scp`)
+    list_file: Path | None = None
 
     @property
     def scp(self) -> Path:
-        return self.path / "wav.scp"
+        return self.list_file or self.path / "wav.scp"
 
     def where(self, utt: str) -> str:
         """`file:line` that lists `utt`: the user's own file when the folder was prepared."""
@@ -154,6 +156,18 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
     def where(utt: str) -> str:
         return origin[utt] if origin else f"{scp}:{lines[utt]}"
 
+    wavs = _audio_paths(raw, folder, where, check_files)
+    maps = {name: origin if name == "utt2origin" else read_map(name) for name in UTT_MAPS}
+
+    trials = find_trial_lists(folder)
+    for file in trials.values():
+        read_trials(file, known=wavs)
+    return KaldiDir(path=folder, wavs=wavs, trials=trials, lines=lines, **maps)
+
+
+def _audio_paths(raw: dict[str, str], folder: Path, where, check_files: bool
+                 ) -> dict[str, Path]:
+    """wav.scp values -> absolute audio paths (relative ones are relative to `folder`)."""
     wavs: dict[str, Path] = {}
     for utt, value in raw.items():
         if value.endswith("|"):
@@ -163,12 +177,46 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
         if check_files and not wav.is_file():
             raise InputError(f"{where(utt)}: audio file not found: {wav}")
         wavs[utt] = wav
-    maps = {name: origin if name == "utt2origin" else read_map(name) for name in UTT_MAPS}
+    return wavs
 
-    trials = find_trial_lists(folder)
-    for file in trials.values():
-        read_trials(file, known=wavs)
-    return KaldiDir(path=folder, wavs=wavs, trials=trials, lines=lines, **maps)
+
+#: What a plain folder of audio may hold (wav/flac/ogg via libsndfile, the rest via ffmpeg).
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".m4a", ".aac", ".mp4"})
+
+
+def read_audio_source(path: str | os.PathLike) -> KaldiDir:
+    """The audio a user hands `ssrl embed --data`: a Kaldi folder, a list file in wav.scp form
+    (any name; relative paths relative to its folder), or a plain folder of audio files, read
+    recursively, whose utterance ids are the relative paths without extension
+    (`spk1/a.wav` -> `spk1/a`)."""
+    path = Path(path)
+    if path.is_file():
+        if path.name == "wav.scp":
+            return read_kaldi_dir(path.parent)
+        raw, lines = _read_keyed(path)
+        if not raw:
+            raise InputError(f"{path}: no utterances listed")
+        wavs = _audio_paths(raw, path.parent, lambda u: f"{path}:{lines[u]}", True)
+        return KaldiDir(path=path.parent, wavs=wavs, lines=lines, list_file=path)
+    if not path.is_dir():
+        raise InputError(f"{path}: data not found (a folder of audio files, a Kaldi folder "
+                         "or a wav.scp-style list)")
+    if (path / "wav.scp").is_file():
+        return read_kaldi_dir(path)
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES
+                   and f.is_file() and not any(p.startswith(".") for p in
+                                               f.relative_to(path).parts))
+    if not files:
+        raise InputError(f"{path}: no wav.scp and no audio files ("
+                         + ", ".join(sorted(AUDIO_SUFFIXES)) + ") in the folder")
+    wavs: dict[str, Path] = {}
+    for f in files:
+        utt = f.relative_to(path).with_suffix("").as_posix()
+        if utt in wavs:
+            raise InputError(f"{f}: same utterance id {utt!r} as {wavs[utt]} (ids are paths "
+                             "without extension)")
+        wavs[utt] = f.resolve()
+    return KaldiDir(path=path, wavs=wavs, utt2origin={u: str(f) for u, f in wavs.items()})
 
 
 def read_trials(path: str | os.PathLike, known: Collection[str] | None = None) -> Trials:

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ssrl.data.audio import FFMPEG_BATCH, SAMPLE_RATE, AudioError, load_audio, load_audio_many
-from ssrl.data.kaldi import KaldiDir, read_kaldi_dir, read_trials, trial_rows
+from ssrl.data.kaldi import KaldiDir, read_audio_source, read_trials, trial_rows
 from ssrl.files import InputError, atomic_dir, read_json, save_npz, write_json, write_table
 
 log = logging.getLogger("ssrl.data")
@@ -474,12 +474,12 @@ class MemoryWaves:
 
 
 def open_waves(path: str | os.PathLike) -> WaveStore | MemoryWaves:
-    """A wave store folder as it is, or a Kaldi folder / wav.scp read into memory."""
+    """A wave store folder as it is; a Kaldi folder, a wav.scp-style list or a plain folder of
+    audio files (`read_audio_source`) read into memory."""
     path = Path(path)
     if (path / "index.npz").exists():
         return WaveStore(path)
-    folder = path.parent if path.name == "wav.scp" else path
-    data = read_kaldi_dir(folder)
+    data = read_audio_source(path)
     waves = []
     for utt, wav in data.wavs.items():
         try:

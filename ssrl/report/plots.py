@@ -19,6 +19,7 @@ from ssrl.report.results import Group, iterative_chains, load_groups, trial_list
 
 PANELS = (("n_clusters", "clusters"), ("nmi", "pseudo-label NMI"),
           ("dev/eer", "dev EER % (teacher)"), ("p_clean_mean", "mean p_clean"))
+ROUND_MARKERS = "so^v"  # the iterative chains' markers in the trajectories (captions say so)
 DET_TICKS = np.array([0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95,
                       0.98, 0.995])  # to 99.5 %: weak systems' minDCF points sit near 100 % miss
 
@@ -85,7 +86,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     _save(fig, Path(path))
 
 
-def plot_dynamics(groups: dict[str, Group], path: Path) -> None:
+def plot_dynamics(groups: dict[str, Group], path: Path):
     """The paper's figure: cluster count and pseudo-label NMI of full SSRL against epoch, one
     line per seed, from the k-means start (epoch 0); DINO's k-means NMI as a reference."""
     fig, axes = _figure(1, 2, (10, 4))
@@ -109,9 +110,10 @@ def plot_dynamics(groups: dict[str, Group], path: Path) -> None:
         ax.grid(True, lw=0.3)
     fig.suptitle("SSRL dynamics: cluster count and pseudo-label quality")
     _save(fig, path)
+    return fig
 
 
-def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
+def plot_trajectories(groups: dict[str, Group], path: Path):
     """Every SSRL variant per epoch (seed mean), the iterative rounds as markers at the epochs
     they have spent, and DINO's k-means as a dashed reference."""
     fig, axes = _figure(2, 2, (10, 7))
@@ -125,8 +127,8 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
             n = min(len(r[0]) for r in runs)
             xs = runs[0][0][:n]
             ys = np.mean([r[1][:n] for r in runs], axis=0)
-            ax.plot(xs, ys, lw=2.0 if g.row["variant"] == "full" else 1.0,
-                    label=f"SSRL {g.row['variant']}")
+            ax.plot(xs, ys, lw=2.0 if g.row["variant"] == "full" else 1.0, marker=".",
+                    zorder=3, label=f"SSRL {g.row['variant']}")
     for i, (epochs, rounds) in enumerate(sorted(iterative_chains(groups.values()).items())):
         spent, xs, ys = 0, [], []
         for g in rounds:
@@ -137,25 +139,39 @@ def plot_trajectories(groups: dict[str, Group], path: Path) -> None:
                 xs.append(spent)
                 ys.append(nmi)
         if xs:
-            axes[1].plot(xs, ys, marker="os^v"[i % 4], ms=5, ls=":", color="0.2",
+            axes[1].plot(xs, ys, marker=ROUND_MARKERS[i % 4], ms=5, ls=":", color="0.2", zorder=4,
                          label=f"iterative rounds, {epochs} epochs each (NMI of the "
                                "clustering each trained on)")
     dino = next((g for g in groups.values() if g.kind == "dino"), None)
     for ax, (key, label) in zip(axes, PANELS):
         start = _start(dino, key) if dino else None
         if start is not None:
-            ax.axhline(start, color="0.4", ls="--", lw=0.8, label="DINO k-means (epoch 0)")
+            # under the variants' lines (zorder): a variant that keeps K clusters stays visible
+            ax.axhline(start, color="0.6", ls="--", lw=0.8, zorder=1,
+                       label="DINO k-means (epoch 0)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(True, lw=0.3)
-    fig.suptitle("SSRL ablation trajectories (mean over seeds)")
+    fig.suptitle(f"SSRL ablation trajectories ({seeds_phrase(variants)})")
     _save(fig, path, legend_rows=2)
+    return fig
 
 
-def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-    """DET curves (normal-deviate axes) with each system's minDCF operating points marked."""
+def seeds_phrase(groups: list[Group]) -> str:
+    """"one seed", or "mean over 3 seeds" (the largest count of any group)."""
+    n = max((len(g.members) for g in groups), default=1)
+    return "one seed" if n <= 1 else f"mean over {n} seeds"
+
+
+def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+             title: str = "DET curves on the test trials"):
+    """DET curves (normal-deviate axes) with each system's minDCF operating points marked.
+    The axes reach the most extreme point drawn: weak systems' minDCF points sit at tiny
+    false-alarm and near-total miss rates (rates of 0 and 1 are drawn at the edges, ticked 0
+    and 100)."""
     fig, (ax,) = _figure(1, 1, (7, 8))
     clip = 1e-5  # keep probits finite at rates of 0 and 1
+    lowest, highest = norm.ppf(DET_TICKS[0]), norm.ppf(DET_TICKS[-1])
     for name, (scores, labels) in curves.items():
         fpr, fnr = det_curve(scores, labels)
         (line,) = ax.plot(norm.ppf(np.clip(fpr, clip, 1 - clip)),
@@ -163,22 +179,30 @@ def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
                           label=f"{name} (EER {100 * _eer_from_points(fpr, fnr):.1f} %)")
         for p, marker in ((0.01, "o"), (0.05, "s")):
             i = int(np.argmin(p * fnr + (1 - p) * fpr))
-            ax.plot(norm.ppf(np.clip(fpr[i], clip, 1 - clip)),
-                    norm.ppf(np.clip(fnr[i], clip, 1 - clip)), marker, color=line.get_color(),
-                    ms=6, mfc="none")
+            x, y = (norm.ppf(np.clip(v, clip, 1 - clip)) for v in (fpr[i], fnr[i]))
+            lowest, highest = min(lowest, x, y), max(highest, x, y)
+            ax.plot(x, y, marker, color=line.get_color(), ms=7, mfc="none", mew=1.5, zorder=5)
     ax.plot([], [], "ko", mfc="none", label="minDCF point, p_target 0.01")
     ax.plot([], [], "ks", mfc="none", label="minDCF point, p_target 0.05")
-    ticks = norm.ppf(DET_TICKS)
-    labels = [f"{100 * t:g}" for t in DET_TICKS]
+    # rates of 0 and 1 sit at the clip: ticked "0" and "100"
+    tick_at = np.concatenate([[clip, 1e-4], DET_TICKS, [0.9999, 1 - clip]])
+    probits = norm.ppf(tick_at)
+    keep = (probits >= lowest - 1e-9) & (probits <= highest + 1e-9)
+    ticks = probits[keep]
+    labels = ["0" if t == clip else "100" if t == 1 - clip else f"{100 * t:g}"
+              for t in tick_at[keep]]
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_ticks(ticks, labels=labels)
-    ax.set_xlim(ticks[0], ticks[-1])
-    ax.set_ylim(ticks[0], ticks[-1])
-    ax.plot([ticks[0], ticks[-1]], [ticks[0], ticks[-1]], color="0.7", lw=0.8, ls=":")
+    lo, hi = ticks[0] - 0.15, ticks[-1] + 0.15
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.plot([lo, hi], [lo, hi], color="0.7", lw=0.8, ls=":")
     ax.set_xlabel("false alarm rate (%)")
     ax.set_ylabel("miss rate (%)")
+    ax.set_title(title)
     ax.grid(True, lw=0.3)
     _save(fig, Path(path), ncol=2)
+    return fig
 
 
 def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
@@ -207,4 +231,8 @@ def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
         scores, labels = read_scores(root / m.row["eval"] / entry["scores"])
         if labels is not None:
             curves[g.label] = (scores, labels)
-    plot_det(curves, out_dir / "det.png")
+    seed = next((g.members[0].row["seed"] for g in picked.values()
+                 if g.members[0].row["seed"] is not None), None)
+    plot_det(curves, out_dir / "det.png", "DET curves on the test trials"
+             + (f" ({first})" if first and first != "trials" else "")
+             + (f", seed {seed}" if seed is not None else ""))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrl.data.stores import WaveStore
-from ssrl.evaluation.metrics import METRICS
+from ssrl.evaluation.metrics import METRICS, metric_keys
 from ssrl.files import write_text
 from ssrl.report.comparisons import Comparisons, Estimate
 from ssrl.report.results import Group, SystemResult, iterative_chains, load_groups, trial_lists
@@ -150,13 +150,44 @@ def _labels(group: Group) -> dict[str, float | None]:
             "clusters": _mean([f["clusters"] for f in finals])}
 
 
-def _metric_cells(comp: Comparisons, group: Group, lists: list[str]) -> dict[str, str]:
+def _metric_cells(comp: Comparisons, group: Group, lists: list[str],
+                  skip: tuple[str, ...] = ()) -> dict[str, str]:
     out = {}
     for name in lists:
         summary = comp.summary(group, name)
         for metric in METRICS:
-            out[_header(metric, name, lists)] = cell(summary[metric], DIGITS[metric])
+            if metric not in skip:
+                out[_header(metric, name, lists)] = cell(summary[metric], DIGITS[metric])
     return out
+
+
+def flat_mindcf(comp: Comparisons, groups: list[Group], lists: list[str],
+                floor: float = 0.95) -> dict[str, tuple[float, float]]:
+    """The minDCF metrics that separate nothing: every system at or above `floor` (≈ 1: no
+    system works at that low false-alarm rate) with intervals that all overlap. {metric:
+    (lowest, highest value)}; the tables then say so in one line instead of a column."""
+    flat = {}
+    for metric in (m for m in METRICS if m.startswith("mindcf")):
+        estimates = [comp.summary(g, name)[metric] for g in groups for name in lists]
+        estimates = [e for e in estimates if e.value is not None]
+        if not estimates or min(e.value for e in estimates) < floor:
+            continue
+        bounds = [e for e in estimates if e.lo is not None]
+        if bounds and max(e.lo for e in bounds) > min(e.hi for e in bounds):
+            continue  # some intervals do not overlap: the column stays
+        flat[metric] = (min(e.value for e in estimates), max(e.value for e in estimates))
+    return flat
+
+
+def flat_note(flat: dict[str, tuple[float, float]], csv_name: str) -> str:
+    """The one line that replaces columns of ≈ 1.000 (empty when there are none)."""
+    if not flat:
+        return ""
+    parts = [f"{LABELS[m]} between {_num(lo, 3)} and {_num(hi, 3)}" for m, (lo, hi) in
+             flat.items()]
+    return (" " + " and ".join(parts) + " for every system, with overlapping intervals: no "
+            "system works at these low false-alarm rates, so these columns (and their paired "
+            f"differences) are left out here; `{csv_name}` has them.")
 
 
 def _csv_rows(comp: Comparisons, group: Group, lists: list[str],
@@ -202,8 +233,9 @@ def _estimate_csv_columns(lists: list[str]) -> list[str]:
 # --- paired comparisons ------------------------------------------------------------------------
 
 def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, str, Group]],
-                 lists: list[str]) -> tuple[list[dict], list[dict]]:
-    """(markdown rows, CSV rows) of A - B for each (name of A, A, name of B, B)."""
+                 lists: list[str], skip: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """(markdown rows, CSV rows) of A - B for each (name of A, A, name of B, B); the metrics
+    in `skip` only in the CSV rows."""
     md, flat = [], []
     for name_a, a, name_b, b in pairs:
         title = f"{name_a} − {name_b}"
@@ -214,7 +246,8 @@ def _paired_rows(comp: Comparisons, pairs: list[tuple[str, Group, str, Group]],
                 e = diff[metric]
                 h = "Δ" + _header(metric, name, lists)
                 mark = " *" if e.excludes_zero else ""
-                row[h] = cell(e, DIGITS[metric]) + mark if e.value is not None else "–"
+                if metric not in skip:
+                    row[h] = cell(e, DIGITS[metric]) + mark if e.value is not None else "–"
                 flat.append({"comparison": title, "a": a.key, "b": b.key, "list": name,
                              "metric": metric, "delta": e.value, "ci_low": e.lo,
                              "ci_high": e.hi, "excludes_zero": e.excludes_zero,
@@ -241,11 +274,32 @@ def _paired_md(rows: list[dict], intro: str) -> str:
 
 # --- the two tables --------------------------------------------------------------------------
 
+def no_nlm_variants(groups: dict[str, Group] | list[Group]) -> list[Group]:
+    """The SSRL variants that differ from `full` only by switching noisy-label modelling off
+    (the paper's ablation the main table shows)."""
+    variants = [g for g in (groups.values() if isinstance(groups, dict) else groups)
+                if g.kind == "ssrl"]
+    full = next((g for g in variants if g.row["variant"] == "full"), None)
+    if full is None:
+        return []
+    out = []
+    for g in variants:
+        sw, ref = g.row["switches"], full.row["switches"]
+        differs = {k for k in set(sw) | set(ref) if str(sw.get(k)) != str(ref.get(k))}
+        if differs == {"noisy_label_modeling"} and str(sw.get("noisy_label_modeling")) == "False":
+            out.append(g)
+    return out
+
+
 def main_groups(groups: dict[str, Group]) -> list[Group]:
+    """The main table's rows: floor, DINO, the rounds, SSRL (and SSRL without noisy-label
+    modelling when the grid has it), the topline."""
     order = {"baseline": 0, "dino": 1, "iterative": 2, "ssrl": 3, "supervised": 4}
-    rows = [g for g in groups.values() if g.kind != "ssrl" or g.row["variant"] == "full"]
+    no_nlm = no_nlm_variants(groups)
+    rows = [g for g in groups.values()
+            if g.kind != "ssrl" or g.row["variant"] == "full" or g in no_nlm]
     return sorted(rows, key=lambda g: (order[g.kind], g.row.get("chain_epochs") or 0,
-                                       g.row.get("round") or 0))
+                                       g.row.get("round") or 0, g.row.get("variant") != "full"))
 
 
 MAIN_INTRO = ("Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Brackets: 95 % "
@@ -256,9 +310,14 @@ MAIN_INTRO = ("Test trials; EER in %, minDCF normalised (C_miss = C_fa = 1). Bra
               "seed's. Minutes are training wall time; cumulative = all stages that led "
               "to the system (SSRL = DINO + SSRL, round r = DINO + rounds 1..r), also in passes "
               "over the training data. The topline uses the true speaker labels: reporting "
-              "only.")
+              "only. DINO→topline gap closed % = 100 × (EER of DINO − EER of the system) / "
+              "(EER of DINO − EER of the topline), per seed on the first test list, with its "
+              "bootstrap interval; the topline and every system here start from the same DINO "
+              "model, so 0 % is no gain over DINO and 100 % matches the topline.")
 MAIN_PAIRED = ("A − B on the same bootstrap replicates (negative ΔEER: A is better). `*`: the "
-               "95 % interval excludes 0.")
+               "95 % interval excludes 0. First the paper's questions (SSRL against the last "
+               "iterative round and against DINO, noisy-label modelling off against on, the "
+               "last round against DINO), then every system against the classical floor.")
 ABLATION_INTRO = ("Each row switches mechanisms of SSRL (columns left of the metrics); `full` is "
                   "the method as configured. Same intervals as the main table.")
 ABLATION_PAIRED = ("variant − full on the same replicates (negative ΔEER: the variant is "
@@ -286,15 +345,17 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
                           "gap closed % CI high": gap.hi})
         return extra
 
+    flat = flat_mindcf(comp, chosen, lists)
+    skip = tuple(flat)
     for g in chosen:
         extra = extra_of(g)
         seeds = len(g.members)
-        rows_md.append({"system": g.label + (" (true labels)" if g.row["uses_labels"] else ""),
-                        "seeds": seeds, **_metric_cells(comp, g, lists),
+        rows_md.append({"system": system_label(g),
+                        "seeds": seeds, **_metric_cells(comp, g, lists, skip),
                         **{k: v for k, v in extra.items() if not k.startswith("gap closed %")},
                         "status": "ok" if g.ok else "failed"})
         rows_csv += _csv_rows(comp, g, lists, extra_of)
-    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
+    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS if m not in skip]
     columns = ["system", "seeds", *metric_cols, "NMI", "clusters"]
     if dino and top and first:
         columns.append(gap_header)
@@ -304,21 +365,26 @@ def main_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists: li
                    "gap closed % CI high", "stage min", "stage passes", "cumulative min",
                    "cumulative passes", "status"]
 
+    # the paper's questions first, then each system against the floor
     pairs = []
-    ssrl = kinds.get("ssrl")
+    ssrl = next((g for g in chosen if g.kind == "ssrl" and g.row["variant"] == "full"), None)
     floor = kinds.get("baseline")
-    for rounds in iterative_chains(chosen).values() if ssrl else []:
-        last = rounds[-1]
+    last_rounds = [rounds[-1] for rounds in iterative_chains(chosen).values()]
+    for last in last_rounds if ssrl else []:
         pairs.append(("SSRL", ssrl, last.label, last))
     if ssrl and dino:
         pairs.append(("SSRL", ssrl, "DINO", dino))
+    for g in no_nlm_variants(chosen) if ssrl else []:
+        pairs.append((g.label, g, "SSRL", ssrl))
+    for last in last_rounds if dino else []:
+        pairs.append((last.label, last, "DINO", dino))
     if floor:
         pairs += [(g.label, g, floor.label, floor) for g in chosen
                   if g.kind != "baseline"]
-    paired_md, paired_csv = _paired_rows(comp, pairs, lists)
+    paired_md, paired_csv = _paired_rows(comp, pairs, lists, skip)
 
     experiment = cfg.get("experiment", "")
-    intro = MAIN_INTRO.format(replicates=comp.replicates)
+    intro = MAIN_INTRO.format(replicates=comp.replicates) + flat_note(flat, "main.csv")
     md = (f"# {experiment}: main results\n\n{intro}\n\n" + markdown_table(columns, rows_md))
     md += _paired_md(paired_md, MAIN_PAIRED)
     sections = [("Systems", intro, columns, rows_md)]
@@ -343,25 +409,28 @@ def ablation_table(cfg: dict, comp: Comparisons, groups: dict[str, Group], lists
         return {**{k: str(g.row["switches"].get(k)) for k in switch_keys}, **_labels(g),
                 "epochs": g.row["epochs"], "stage min": _compute(g, {})["stage min"]}
 
+    flat = flat_mindcf(comp, variants, lists)
+    skip = tuple(flat)
     for g in variants:
         rows_md.append({"variant": g.row["variant"], "seeds": len(g.members),
-                        **_metric_cells(comp, g, lists), **extra_of(g),
+                        **_metric_cells(comp, g, lists, skip), **extra_of(g),
                         "status": "ok" if g.ok else "failed"})
         rows_csv += [{**r, "variant": g.row["variant"]}
                      for r in _csv_rows(comp, g, lists, extra_of)]
-    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS]
+    metric_cols = [_header(m, n, lists) for n in lists for m in METRICS if m not in skip]
     columns = ["variant", "seeds", *switch_keys, *metric_cols, "NMI", "clusters", "epochs",
                "stage min", "status"]
     csv_columns = ["variant", "seed", *switch_keys, *_estimate_csv_columns(lists), "NMI",
                    "clusters", "epochs", "stage min", "status"]
     full = next((g for g in variants if g.row["variant"] == "full"), None)
     pairs = [(g.row["variant"], g, "full", full) for g in variants if full and g is not full]
-    paired_md, paired_csv = _paired_rows(comp, pairs, lists)
+    paired_md, paired_csv = _paired_rows(comp, pairs, lists, skip)
     experiment = cfg.get("experiment", "")
-    md = (f"# {experiment}: SSRL ablation grid\n\n{ABLATION_INTRO}\n\n"
+    intro = ABLATION_INTRO + flat_note(flat, "ablation.csv")
+    md = (f"# {experiment}: SSRL ablation grid\n\n{intro}\n\n"
           + markdown_table(columns, rows_md))
     md += _paired_md(paired_md, ABLATION_PAIRED)
-    sections = [("Variants", ABLATION_INTRO, columns, rows_md)]
+    sections = [("Variants", intro, columns, rows_md)]
     if paired_md:
         sections.append(("Paired comparisons", ABLATION_PAIRED, list(paired_md[0]), paired_md))
     page = html_page(f"{experiment}: SSRL ablation grid", sections)
@@ -379,10 +448,52 @@ def _published_md() -> str:
             + markdown_table(["system", *(f"EER % ({n})" for n in PUBLISHED_LISTS)], rows))
 
 
+def system_label(g: Group) -> str:
+    """A row's name in the tables (and the `system` tag of its MLflow runs)."""
+    return g.label + (" (true labels)" if g.row["uses_labels"] else "")
+
+
+def run_numbers(comp: Comparisons, groups: dict[str, Group], lists: list[str]
+                ) -> dict[str, dict[str, Any]]:
+    """The tables' per-seed numbers that the score step does not put on a system's MLflow run,
+    by the system's folder: each metric's interval (`test/eer_low`, `test/eer_high`, per list
+    as `test/<list>/eer_low` with several lists), the cumulative passes and minutes of the
+    chain of stages that led to it, and the share of the DINO → topline gap it closes; and
+    the tag `system` (the row's name). {folder: {"metrics": {...}, "tags": {...}}}. Rounded to
+    4 decimals (the MLflow UI prints every digit; the tables print at most 3)."""
+    by_name = {m.name: m for g in groups.values() for m in g.members}
+    kinds = {g.kind: g for g in main_groups(groups)}
+    dino, top = kinds.get("dino"), kinds.get("supervised")
+    out: dict[str, dict[str, Any]] = {}
+    for g in groups.values():
+        for m in g.members:
+            one = Group(g.key, g.label, g.kind, [m])
+            numbers: dict[str, float] = {}
+            for name in lists:
+                keys = metric_keys("test", name, lists)
+                for metric, e in comp.summary(one, name).items():
+                    if e.lo is not None:
+                        numbers[f"{keys[metric]}_low"] = e.lo
+                        numbers[f"{keys[metric]}_high"] = e.hi
+            for key, name in (("utterance_passes", "cumulative_passes"),
+                              ("wall_seconds", "cumulative_minutes")):
+                value = _cumulative(m, by_name, key)
+                if value is not None:
+                    numbers[f"compute/{name}"] = value / 60.0 if key == "wall_seconds" else value
+            if dino and top and lists and g.kind in ("iterative", "ssrl"):
+                gap = comp.gap_closed(one, dino, top, lists[0])
+                if gap.value is not None:
+                    numbers["test/gap_closed"] = gap.value
+            out[m.row["dir"]] = {"metrics": {k: round(v, 4) for k, v in numbers.items()},
+                                 "tags": {"system": system_label(g)}}
+    return out
+
+
 def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict[str, dict]:
     """main.{md,csv}, main_paired.csv, ablation.{md,csv}, ablation_paired.csv in `out_dir`.
     Returns the seed-mean test EER of the first list per SSRL variant and per iterative round
-    (what the sweeps' parent runs summarise)."""
+    (what the sweeps' parent runs summarise) and, under `runs`, `run_numbers` (what each
+    system's run gets so that MLflow holds every number of the tables)."""
     root, out_dir = Path(root), Path(out_dir)
     groups = load_groups(cfg, root)
     lists = trial_lists(cfg, groups)
@@ -395,7 +506,8 @@ def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict
         write_text(out_dir / f"{name}_paired.csv", paired)
         write_text(out_dir / f"{name}.html", page)
     first = lists[0] if lists else None
-    summary: dict[str, dict] = {"ablation": {}, "iterative": {}}
+    summary: dict[str, dict] = {"ablation": {}, "iterative": {},
+                                "runs": run_numbers(comp, groups, lists)}
     for g in groups.values():
         if g.kind not in ("ssrl", "iterative") or first is None:
             continue

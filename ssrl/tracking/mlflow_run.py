@@ -126,9 +126,11 @@ def experiment_tags(experiment: str) -> dict[str, str]:
                 "per workflow job: DINO (stage 1), the iterative baseline's rounds (parent "
                 "`iterative-...`), SSRL and its ablation grid (parent `ablation-...`), the "
                 "supervised topline and the MFCC-statistics floor. Final test numbers are "
-                "`test/eer`, `test/mindcf_0.01`, `test/mindcf_0.05` (the tables' numbers); "
-                "per-epoch curves are `dev/...`, cluster count and pseudo-label NMI; per-step "
-                "training curves are `step/...`.")}
+                "`test/eer`, `test/mindcf_0.01`, `test/mindcf_0.05` with intervals "
+                "(`test/eer_low`, `test/eer_high`; the tables' numbers); per-epoch curves are "
+                "`dev/...` and the pseudo labels `labels/clusters`, `labels/nmi` (epoch 0: the "
+                "k-means start); per-step training curves are `step/...`. `ssrl mlflow-ui` "
+                "prints links to the saved views: systems by test EER, SSRL variants charted.")}
 
 
 class NullTracker:
@@ -813,3 +815,101 @@ def relocate_artifacts(db: Path) -> int:
                               (here, len(old_root) + 1, exp_id, len(old_root), old_root))
             changed += 1 + cur.rowcount
     return changed
+
+
+# --- the researcher's views: saved UI states the MLflow UI opens from a link --------------------
+#: MLflow's UI restores a view saved as the experiment tag `mlflow.sharedViewState.<key>` when
+#: its URL carries `?viewStateShareKey=<key>` (the UI's own "share view" mechanism).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"  # the UI's first chart
+
+
+def _col(kind: str, name: str) -> str:
+    """A run-table column as the UI names it: metrics.`test/eer`, tags.`system`."""
+    return f"{kind}.`{name}`"
+
+
+def primary_metric(metric_keys: list[str]) -> str:
+    """The first test list's EER: `test/eer`, or `test/<list>/eer` with several lists."""
+    if "test/eer" in metric_keys:
+        return "test/eer"
+    found = sorted(k for k in metric_keys if re.fullmatch(r"test/[^/]+/eer", k))
+    return found[0] if found else "test/eer"
+
+
+def research_views(eer: str, switches: list[str]) -> dict[str, dict[str, Any]]:
+    """Two saved views of an experiment. `systems`: every scored run (no sweep parents, no
+    failed runs), flat, best test EER first, with the columns that answer "which system is
+    best, did clusters fall, did NMI rise"; `ssrl`: the SSRL variants, their switches and
+    `test/eer` as the charted metric (chart tab)."""
+    scored = f"metrics.`{eer}` >= 0"
+    answer = [_col("tags", "system"), _col("metrics", eer), _col("metrics", f"{eer}_low"),
+              _col("metrics", f"{eer}_high"), _col("metrics", "labels/nmi"),
+              _col("metrics", "labels/clusters"), _col("metrics", "compute/cumulative_passes"),
+              _col("metrics", "compute/cumulative_minutes"),
+              _col("metrics", "test/gap_closed")]
+    order = {"orderByKey": _col("metrics", eer), "orderByAsc": True}
+    section = {"uuid": "ssrl-test", "name": "SSRL variants: test EER", "display": True,
+               "isReordered": False, "deleted": False, "isGenerated": False}
+    charts = [{"uuid": "ssrl-eer-bar", "type": "BAR", "metricKey": eer, "deleted": False,
+               "isGenerated": False, "metricSectionId": "ssrl-test", "runsCountToCompare": 100,
+               "displayName": f"{eer} (%)"},
+              {"uuid": "ssrl-eer-parallel", "type": "PARALLEL", "deleted": False,
+               "isGenerated": False, "metricSectionId": "ssrl-test", "runsCountToCompare": 100,
+               "selectedParams": [f"ssrl.{s}" for s in switches], "selectedMetrics": [eer],
+               "showAllRuns": True}]
+    ssrl_columns = [_col("tags", "variant"), *answer[1:6],
+                    *(_col("params", f"ssrl.{s}") for s in switches)]
+
+    def layout(columns: list[str]) -> dict[str, Any]:
+        """The columns in this order (the run name first), wide enough for their names."""
+        widths = {c: 230 if c == _col("tags", "system") else 190 if "compute/" in c else 100
+                  for c in columns}
+        return {"selectedColumns": columns, "columnOrder": [_col("tags", "mlflow.runName"),
+                                                            *columns],
+                "columnWidths": widths}
+
+    return {
+        "systems": {"searchFilter": scored, **order, **layout(answer),
+                    "runsHiddenMode": "SHOW_ALL"},
+        "ssrl": {"searchFilter": f"tags.stage = 'ssrl' and {scored}", **order,
+                 **layout(ssrl_columns),
+                 "runsHiddenMode": "SHOW_ALL", "compareRunCharts": charts,
+                 "compareRunSections": [section], "isAccordionReordered": True,
+                 "hideEmptyCharts": True},
+    }
+
+
+def install_views(uri: str, base_url: str | None = None,
+                  experiment: str | None = None) -> dict[str, dict[str, str]]:
+    """Save the research views on every experiment of the store (or just `experiment`) that
+    holds scored runs;
+    returns {experiment: {view: URL (relative to the UI's root, or under `base_url`)}}.
+    The `ssrl` view charts the switches the SSRL runs differ in."""
+    from mlflow.entities import ViewType
+
+    client = open_client(uri)
+    links: dict[str, dict[str, str]] = {}
+    for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
+        if experiment is not None and exp.name != experiment:
+            continue
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        keys = sorted({k for r in runs for k in r.data.metrics})
+        if not any(k.startswith("test/") for k in keys):
+            continue
+        eer = primary_metric(keys)
+        ssrl = [r for r in runs if r.data.tags.get("stage") == "ssrl"]
+        varying = sorted({k.removeprefix("ssrl.") for r in ssrl for k, v in r.data.params.items()
+                          if k.startswith("ssrl.")
+                          and len({x.data.params.get(k) for x in ssrl}) > 1})
+        client.set_experiment_tag(exp.experiment_id, PRIMARY_METRIC_TAG, eer)
+        links[exp.name] = {}
+        for name, state in research_views(eer, varying).items():
+            client.set_experiment_tag(exp.experiment_id, SHARED_VIEW_TAG + name,
+                                      json.dumps(state))
+            # the runs tab in the UI's model-training mode (not its GenAI overview)
+            query = f"workflowType=machine_learning&viewStateShareKey={name}" + (
+                "&compareRunsMode=CHART" if name == "ssrl" else "")
+            links[exp.name][name] = (f"{base_url or ''}/#/experiments/{exp.experiment_id}"
+                                     f"/runs?{query}")
+    return links

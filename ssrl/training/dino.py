@@ -28,7 +28,7 @@ from ssrl.models.heads import DINOHead
 from ssrl.models.model_file import save_model_file
 from ssrl.training.checkpoints import Checkpoints
 from ssrl.training.ema import ema_update, frozen_copy
-from ssrl.training.job import Inputs, Progress, compute_record, write_records
+from ssrl.training.job import Inputs, Progress, compute_record, effective_params, write_records
 from ssrl.training.optim import (
     cosine_schedule,
     param_groups,
@@ -184,6 +184,8 @@ def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
     store = WaveStore(inputs.train)
     augmenter = augmenter_from_config(cfg, inputs.noise, inputs.rir, c["p_reverb"], c["p_noise"])
     run = build_dino_run(cfg, store, augmenter, device, d)
+    if tracker is not None:
+        tracker.log_params(effective_params(cfg, device, "dino", run.momentum_at))
 
     ckpt = Checkpoints(out_dir / "checkpoint", inputs.fingerprint(cfg), d)
     state = ckpt.load()

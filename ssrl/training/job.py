@@ -46,14 +46,40 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: History keys that describe the pseudo labels (quality against the true speakers, cluster
+#: count, changes, the noisy-label model): MLflow files them under `labels/` so a researcher
+#: finds them together (`labels/clusters`, `labels/nmi`, ...).
+LABEL_KEYS = ("n_clusters", "nmi", "purity", "inverse_purity", "hungarian_acc", "changed",
+              "p_clean_mean")
+
+
+def mlflow_key(key: str) -> str:
+    """A history key's MLflow name: label metrics under `labels/`, the rest unchanged."""
+    if key == "n_clusters":
+        return "labels/clusters"
+    if key in LABEL_KEYS or key.startswith("clean_"):
+        return f"labels/{key}"
+    return key
+
+
+def mlflow_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a history row under their MLflow names (the epoch is the step)."""
+    return {mlflow_key(k): float(v) for k, v in row.items()
+            if k != "epoch" and isinstance(v, int | float)}
+
+
 class Progress:
     """Per-epoch bookkeeping: one log line with the epoch's numbers and an ETA, the same
-    numbers to MLflow at the 1-based epoch, and the history row kept for history.json."""
+    numbers to MLflow at the 1-based epoch (plus `step_offset`: the epochs of the rounds
+    before, so a chain of rounds shares one running epoch axis), and the history row kept
+    for history.json."""
 
     SHOWN = ("loss", "n_clusters", "nmi", "changed", "p_clean_mean", "dev/eer")
 
-    def __init__(self, epochs: int, history: list[dict], tracker: Any = None) -> None:
+    def __init__(self, epochs: int, history: list[dict], tracker: Any = None,
+                 step_offset: int = 0) -> None:
         self.epochs, self.history, self.tracker = epochs, history, tracker
+        self.step_offset = step_offset
         self._t0 = time.time()
         self._done_here = 0  # epochs run by this process (a resumed run starts mid-way)
 
@@ -67,9 +93,32 @@ class Progress:
         log.info("epoch %d/%d  %s  (%s, ETA %s)", row["epoch"], self.epochs, shown,
                  _fmt_seconds(row["seconds"]), _fmt_seconds(left))
         if self.tracker is not None:
-            self.tracker.log_metrics({k: float(v) for k, v in row.items()
-                                      if k != "epoch" and isinstance(v, int | float)},
-                                     step=row["epoch"])
+            self.tracker.log_metrics(mlflow_metrics(row), step=self.step_offset + row["epoch"])
+
+
+def effective_params(cfg: dict, device: Any, section: str,
+                     momentum_at: Any = None) -> dict[str, Any]:
+    """What actually ran, logged as the run's params in place of the requested values (the
+    requested config is the run's `config/job.json` artifact): the device, whether bf16
+    autocast and GPU augmentation were active (both need CUDA), whether the encoders were
+    compiled, and the EMA momentum schedule after `teacher_lag_epochs` (or "unused" without an
+    EMA teacher)."""
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    momentum: dict[str, Any] = {"momentum_start": "unused (no EMA teacher)",
+                                "momentum_end": "unused (no EMA teacher)"}
+    if momentum_at is not None and len(momentum_at):
+        momentum = {"momentum_start": round(float(momentum_at[0]), 6),
+                    "momentum_end": round(float(momentum_at[-1]), 6)}
+    return {"runtime": {"device": str(device), "bf16": bool(cfg["runtime"].get("bf16")) and cuda,
+                        "compile": bool(cfg["runtime"].get("compile"))},
+            "augment": {"on_gpu": bool(cfg["augment"].get("on_gpu")) and cuda},
+            section: momentum}
+
+
+#: The requested keys `effective_params` replaces (not logged as params when the job starts).
+EFFECTIVE_KEYS = {"runtime": ("device", "bf16", "compile"), "augment": ("on_gpu",),
+                  "dino": ("momentum_start", "momentum_end"),
+                  "ssrl": ("momentum_start", "momentum_end")}
 
 
 def compute_record(history: list[dict], steps_per_epoch: int, batch_size: int,

@@ -44,7 +44,14 @@ from ssrl.models.model_file import load_model_file, load_state_checked, save_mod
 from ssrl.training.checkpoints import Checkpoints
 from ssrl.training.clustering import cluster_quality, sinkhorn
 from ssrl.training.ema import ema_update, frozen_copy
-from ssrl.training.job import Inputs, Progress, compute_record, write_records
+from ssrl.training.job import (
+    Inputs,
+    Progress,
+    compute_record,
+    effective_params,
+    mlflow_metrics,
+    write_records,
+)
 from ssrl.training.label_queue import LabelQueue
 from ssrl.training.noisy_labels import clean_detection_rates, clean_posterior
 from ssrl.training.optim import cosine_schedule, param_groups, set_lr, teacher_momentum
@@ -209,15 +216,19 @@ def majority_cluster_match(labels: np.ndarray, speakers: list[str]) -> np.ndarra
     return labels == counts.argmax(axis=1)[spk_ids]
 
 
-def label_diagnostics(state: LabelState, speakers: list[str] | None) -> dict:
-    """Cluster count, pseudo-label quality and clean-detector rates (true labels: report only)."""
-    row = {"n_clusters": int(state.active.sum()), "p_clean_mean": float(state.p_clean.mean())}
+def label_diagnostics(state: LabelState, speakers: list[str] | None, nlm: bool = True) -> dict:
+    """Cluster count, pseudo-label quality and (with noisy-label modelling, `nlm`) the mean
+    p_clean and the clean detector's rates (true labels: report only)."""
+    row: dict = {"n_clusters": int(state.active.sum())}
+    if nlm:
+        row["p_clean_mean"] = float(state.p_clean.mean())
     if speakers is not None:
         row.update({k: float(v) for k, v in cluster_quality(speakers, state.labels).items()
                     if k != "n_clusters"})
-        rates = clean_detection_rates(state.p_clean,
-                                      majority_cluster_match(state.labels, speakers))
-        row.update({f"clean_{k}": float(v) for k, v in rates.items()})
+        if nlm:
+            rates = clean_detection_rates(state.p_clean,
+                                          majority_cluster_match(state.labels, speakers))
+            row.update({f"clean_{k}": float(v) for k, v in rates.items()})
     return row
 
 
@@ -380,7 +391,7 @@ def end_of_epoch(run: Run, epoch: int) -> dict:
                                                       seed=run.cfg["seed"])
         state.recorded_label[:] = -1
         state.recorded_loss[:] = np.nan
-    row.update(label_diagnostics(state, run.store.spk))
+    row.update(label_diagnostics(state, run.store.spk, run.relabel and c["noisy_label_modeling"]))
     return row
 
 
@@ -398,6 +409,9 @@ def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarra
     run = build_run(cfg, c, store, augmenter, labels, centroids, epochs=epochs,
                     relabel=relabel, init_encoder=init, device=device, d=d, tracker=tracker)
     student, teacher, optimizer = run.student, run.teacher, run.optimizer
+    if tracker is not None:
+        tracker.log_params(effective_params(cfg, device, "ssrl",
+                                            run.momentum_at if teacher is not None else None))
 
     ckpt = Checkpoints(out / "checkpoint", inputs.fingerprint(cfg), d)
     history: list[dict] = []
@@ -428,13 +442,21 @@ def _train_classifier(cfg: dict, c: dict, inputs: Inputs, out, labels: np.ndarra
         ckpt.finish(state) if finished else ckpt.save(state)
 
     result = teacher if teacher is not None else unwrap(student)  # the model this stage yields
-    progress = Progress(epochs, history, tracker)
+    job = cfg.get("job", {})
+    # a chain's rounds share one running epoch axis in MLflow: round r starts after r-1 rounds
+    offset = (int(job["round"]) - 1) * epochs if stage == "iterative" and job.get("round") else 0
+    progress = Progress(epochs, history, tracker, step_offset=offset)
+    if tracker is not None and relabel and epoch0 == 0 and step0 == 0:
+        # epoch 0: the k-means start SSRL relabels from (K clusters, DINO's NMI)
+        tracker.log_metrics(mlflow_metrics(label_diagnostics(
+            run.state, store.spk, c["noisy_label_modeling"])), step=0)
     for epoch in range(epoch0, epochs):
         t_epoch = time.time()
         losses = resumed_losses if epoch == epoch0 else []
         train_one_epoch(run, epoch, step0 if epoch == epoch0 else 0, losses, checkpoint)
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
-        row.update(end_of_epoch(run, epoch))
+        if stage != "supervised":  # true labels: no pseudo labels to describe
+            row.update(end_of_epoch(run, epoch))
         if dev is not None and c["eval_every"] and (
                 (epoch + 1) % c["eval_every"] == 0 or epoch + 1 == epochs):
             row.update(evaluate_waves(result.encoder, run.frontend, dev, device, split="dev"))

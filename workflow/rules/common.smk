@@ -266,7 +266,7 @@ def training_jobs(s):
             jobs[f"seed{s}/iterative/e{e}/round{r}"] = sections(
                 seed=s, ssrl=classifier, iterative={**config["iterative"], "epochs": e},
                 job=identity(f"iterative-e{e}-round{r}-seed{s}", "iterative", s,
-                             variant=f"e{e}-round{r}", k=K, epochs=e,
+                             variant=f"e{e}-round{r}", round=r, k=K, epochs=e,
                              parent=f"iterative-{EXP}"))
     if TOPLINE:
         jobs[f"seed{s}/supervised"] = sections(

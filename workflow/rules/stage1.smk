@@ -44,6 +44,8 @@ rule cluster:
     params:
         out=lambda w, output: os.path.dirname(output.labels),
         launch=launcher(),
+        # DINO's k-means start (the tables' DINO row) goes on DINO's MLflow run as epoch 0
+        run=lambda w: f"{R}/seed{w.seed}/dino" if w.source == "dino" and int(w.k) == K else "",
     threads: train_threads()
     resources:
         **train_resources(),
@@ -51,4 +53,5 @@ rule cluster:
         f"{LOGS}/seed{{seed}}/cluster_{{source}}_k{{k}}.log",
     shell:
         "{params.launch:q} cluster --job {input.cfg:q} --model {input.model:q}"
-        " --train {input.train:q} --out {params.out:q} 2>&1 | tee {log:q}"
+        " --train {input.train:q} --out {params.out:q} --run-dir={params.run:q}"
+        " 2>&1 | tee {log:q}"
