@@ -320,8 +320,8 @@ def cmd_mlflow_sync(a: argparse.Namespace) -> None:
 
     left = sync_buffers(Path(a.results), send=not a.list)
     for path, n in left:
-        log.warning("MLflow: %d tracking record(s) still buffered in %s (the store could not "
-                    "be written); run `python -m ssrl mlflow-sync --results %s` once it can",
+        log.warning("MLflow: %d tracking record(s) still buffered in %s (not in the store "
+                    "yet); run `python -m ssrl mlflow-sync --results %s` once it can be written",
                     n, path, a.results)
     if not left:
         log.info("MLflow: nothing buffered under %s; every tracking record is in the store",

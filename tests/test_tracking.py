@@ -533,3 +533,28 @@ def test_a_sweep_summary_that_cannot_be_sent_waits_for_mlflow_sync(tmp_path, cap
 
 def _buffer_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_concurrent_writers_on_a_new_store_lose_nothing(tmp_path):
+    """Four jobs start at once on a store that does not exist yet (one creates it under the
+    lock, atomically; the others wait and use it) and each logs 100 metrics: all arrive."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = ("import sys; from pathlib import Path; from ssrl.tracking.mlflow_run import "
+              "Tracker\nwith Tracker(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]),"
+              " retry_interval=0) as tr:\n    for i in range(100):\n"
+              "        tr.log_metrics({'m': float(i)}, step=i)\n")
+    jobs = [(f"exp{i % 2}", f"job{i}", tmp_path / f"job{i}") for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri, exp, name, str(state)],
+                              stderr=subprocess.PIPE, text=True) for exp, name, state in jobs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    client = mlflow.MlflowClient(uri)
+    for exp, name, state in jobs:
+        assert not (state / BUFFER_FILE).exists()
+        run_id = json.loads((state / STATE_FILE).read_text())["run_id"]
+        assert _history(client, run_id, "m") == [(i, float(i)) for i in range(100)]
+        info = client.get_run(run_id).info
+        assert (info.status, info.run_name) == ("FINISHED", name)
+        assert info.experiment_id == client.get_experiment_by_name(exp).experiment_id
+    assert not list(tmp_path.glob(".mlflow.db.*.tmp"))

@@ -78,10 +78,13 @@ def checksum(model: dict[str, Any]) -> str:
 
 def _check_content(model: dict[str, Any], path: Path) -> None:
     """Checksum, finite weights, metadata: each failure one InputError naming the file."""
+    if not isinstance(model["encoder"], dict) or not all(
+            isinstance(t, torch.Tensor) for t in model["encoder"].values()):
+        raise InputError(f"{path}: not a model file (its encoder is not a set of tensors)")
     if "checksum" not in model:
         log.warning("%s: model file without a checksum (written before model file format 2): "
                     "its weights cannot be verified; retrain to get a checked file", path)
-    elif not isinstance(model["encoder"], dict) or model["checksum"] != checksum(model):
+    elif model["checksum"] != checksum(model):
         raise InputError(f"{path}: model file is corrupt: the checksum of its weights and "
                          "config does not match (changed after training); restore or retrain it")
     for name, t in model["encoder"].items():
