@@ -37,6 +37,8 @@ STEP_CHECKPOINTS = "runtime: {checkpoint_every_steps: 1}\n"
 EXPERIMENT = f"cluster-{uuid.uuid4().hex[:8]}"
 EXTRA = f"experiment: {EXPERIMENT}\n"
 CONFIGS = ("--configfile", "config/smoke.yaml", CPU_OVERLAY, "extra.yaml")
+#: The plugin's options for this cluster: no account (no slurmdbd; plugin 2.8.0 still tries to
+#: guess one and says so), and a short first status poll (its default, 40 s, is for big clusters).
 SLURM_ARGS = ("--profile", "profiles/slurm", "--slurm-no-account",
               "--slurm-init-seconds-before-status-checks", "5")
 

@@ -231,7 +231,8 @@ def test_bad_cluster_input_is_one_clear_line(extra, env, message, slurm, tmp_pat
     run = new_workflow(tmp_path / "wf", extra)
     proc = subprocess.run([SNAKEMAKE, "-n", *SLURM_ARGS, *CONFIGS], cwd=run.dir,
                           env=ssrl_env(**env), capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr  # snakemake prints its errors on standard output
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if message in line]
-    assert len(lines) == 1, proc.stderr[-3000:]
+    lines = [line for line in out.splitlines() if message in line]
+    assert len(lines) == 1, out[-3000:]
     say(f"bad input, one line: {lines[0]}")

@@ -28,7 +28,7 @@ def test_two_process_dino_in_one_slurm_allocation(local_run, slurm, tmp_path):
     run.experiment = local_run.experiment
     shutil.copytree(local_run.results, run.results, symlinks=True)
     target = f"results/{run.experiment}/seed0/dino/model.pt"
-    run.start(*SLURM_ARGS, *CONFIGS, "ddp.yaml", target)
+    run.start(*SLURM_ARGS, target, *CONFIGS, "ddp.yaml")  # the target before the files
 
     ranks: dict[str, str] = {}
     job_id = None
