@@ -404,7 +404,9 @@ OUTPUT_OPTIONS = ("out", "out_dir")
 #: Options that name what a step reads: no output may be, lie inside or contain one of them.
 INPUT_OPTIONS = ("job", "data", "store", "feats", "model", "embeddings", "trials", "test_dir",
                  "utt2spk", "train_embeddings", "labels", "train", "noise", "rir", "dev", "init")
-#: Options that may name a list file (wav.scp): its folder, with the audio, is the input.
+#: Options that may name a list file: a `wav.scp` stands for its Kaldi folder (the other lists
+#: and the audio beside it are read too); a list of another name stands for itself, so an
+#: output may sit beside it (a list in one's home folder must not forbid writing there).
 LIST_OPTIONS = ("data", "store")
 #: Folders a step reads from and writes into (`tables --root R --out-dir R/tables`).
 CONTAINER_OPTIONS = ("root",)
@@ -427,8 +429,9 @@ def check_step_paths(a: argparse.Namespace) -> None:
         values = value if isinstance(value, list) else [value] if value else []
         if key == "trials":
             return [str(_trial_spec(v)[1]) for v in values]
-        if key in LIST_OPTIONS:  # a wav.scp given as a file: the audio beside it is read too
-            return [str(Path(v).parent) if Path(v).is_file() else v for v in values]
+        if key in LIST_OPTIONS:
+            return [str(Path(v).parent) if Path(v).name == "wav.scp" and Path(v).is_file()
+                    else v for v in values]
         return values
 
     flag = {k: "--" + k.replace("_", "-") for k in INPUT_OPTIONS + CONTAINER_OPTIONS}

@@ -50,8 +50,11 @@ def test_plain_folder_list_file_and_kaldi_folder_embed_alike(model, make_wav, tm
     assert ids == ["alice/a1", "alice/a2", "bob"] and emb.shape == (3, 8)
 
     # the same files through a list not named wav.scp (relative to the list's folder)
+    # (the output may sit beside such a list, not replace it)
     lst = tmp_path / "mine.scp"
     lst.write_text("x1 my wavs/alice/a1.wav\nx2 my wavs/alice/a2.flac\nx3 my wavs/bob.wav\n")
+    proc = _embed(model, lst, lst)
+    assert proc.returncode == 2 and "the output would overlap the input" in proc.stderr
     proc = _embed(model, lst, tmp_path / "list.npz")
     assert proc.returncode == 0, proc.stderr[-2000:]
     ids2, emb2 = load_embeddings(tmp_path / "list.npz")
