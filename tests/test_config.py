@@ -180,9 +180,14 @@ def test_injection_attempts_create_nothing(tmp_path):
     pwned = tmp_path / "PWNED"
     attack = f"$(touch {pwned})"
     quoted = f"'$(touch {pwned})'"
+    # the data folders exist (start-up checks them) and name audio that does not: the
+    # injected names reach the preparation job's command, which fails on the first file
+    train, test = tmp_path / f"train{quoted}", tmp_path / f"x`touch {pwned}`"
+    for folder in (train, test):
+        folder.mkdir(parents=True)
+        (folder / "wav.scp").write_text("".join(f"u{i} missing{i}.wav\n" for i in range(40)))
     extra = {"results_dir": f"rd{attack}",
-             "data": {"source": "kaldi", "kaldi": {"train": f"/nonexistent{quoted}",
-                                                   "test": f"/x`touch {pwned}`"}},
+             "data": {"source": "kaldi", "kaldi": {"train": str(train), "test": str(test)}},
              "tracking": {"uri": f"sqlite:///{tmp_path}/t{quoted}.db"},
              "runtime": {"partition": f"gpu;touch {pwned}"}}
     (wf / "extra.yaml").write_text(yaml.safe_dump(extra))
@@ -190,9 +195,9 @@ def test_injection_attempts_create_nothing(tmp_path):
            "--cores", "1", "--configfile", "config/smoke.yaml", "extra.yaml"]
     proc = subprocess.run(cmd, cwd=wf, env=ssrl_env(), capture_output=True, text=True,
                           timeout=300, check=False)
-    assert proc.returncode == 1  # the train folder does not exist
+    assert proc.returncode == 1  # the train folder's audio does not exist
     log = wf / f"rd{attack}" / "smoke" / "logs" / "prepare_data_train.log"
-    assert "data folder not found" in log.read_text()
+    assert "missing0.wav" in log.read_text(), proc.stderr[-3000:]
     assert not pwned.exists()
     assert (wf / f"rd{attack}" / "smoke" / "jobs" / "prepare" / "train.json").is_file()
 
