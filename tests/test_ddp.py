@@ -276,4 +276,8 @@ def test_only_rank_0_writes_outputs_and_tracks(ssrl):
     records = [json.loads(line)
                for line in (ssrl.two / "mlflow_buffer.jsonl").read_text().splitlines()]
     assert [r["op"] for r in records].count("end") == 1
-    assert [r["op"] for r in records].count("params") == 1
+    # one process's params: the requested ones at the start, then what ran (device, bf16,
+    # momentum after the lag), each key once
+    params = [r["params"] for r in records if r["op"] == "params"]
+    assert len(params) == 2 and not set(params[0]) & set(params[1])
+    assert params[1]["runtime.device"] == "cpu"
