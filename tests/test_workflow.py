@@ -315,7 +315,8 @@ def test_params_say_what_ran_and_the_request_is_an_artifact(smoke_run, runs):
     params = by_name["ssrl-full-seed0"].data.params
     assert [float(params[f"ssrl.momentum_{k}"]) for k in ("start", "end")] == pytest.approx(
         [expected[0], expected[-1]], abs=1e-6)
-    assert abs(expected[-1] - c["momentum_end"]) > 1e-3  # what was asked is not what ran
+    # the lag alone sets the schedule (momentum_* left null); the params log its momentum
+    assert c["momentum_start"] is None and c["momentum_end"] is None
     assert by_name["iterative-e1-round1-seed0"].data.params["ssrl.momentum_start"] == \
         "unused (no EMA teacher)"
     files = {f.path for f in client.list_artifacts(dino.info.run_id, "config")}
