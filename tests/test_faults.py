@@ -57,11 +57,10 @@ def finish(proc: subprocess.Popen, log: Path) -> None:
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
 
 
-def kill_mid_epoch(proc: subprocess.Popen, ckpt: Path, log: Path,
-                   min_epoch: int) -> tuple[int, int]:
-    """SIGKILL `proc` as soon as its last checkpoint is inside an epoch >= min_epoch. The
-    process is frozen (SIGSTOP) while its checkpoint is read, so the position returned is the
-    one it will resume from."""
+def kill_when(proc: subprocess.Popen, ckpt: Path, log: Path, ready, what: str) -> dict:
+    """SIGKILL `proc` as soon as its last checkpoint satisfies `ready(state)`, and return that
+    state. The process is frozen (SIGSTOP) while its checkpoint is read, so the state returned
+    is the one it will resume from."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -72,14 +71,22 @@ def kill_mid_epoch(proc: subprocess.Popen, ckpt: Path, log: Path,
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, EOFError):
                 state = None
-            if state and state["step"] > 0 and state["epoch"] >= min_epoch:
+            if state and ready(state):
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(timeout=30) == -signal.SIGKILL
-                return state["epoch"], state["step"]
+                return state
             proc.send_signal(signal.SIGCONT)
         time.sleep(0.02)
     proc.kill()
-    pytest.fail("no mid-epoch checkpoint appeared")
+    pytest.fail(f"no {what} checkpoint appeared")
+
+
+def kill_mid_epoch(proc: subprocess.Popen, ckpt: Path, log: Path,
+                   min_epoch: int) -> tuple[int, int]:
+    """SIGKILL `proc` inside an epoch >= min_epoch; the (epoch, step) it will resume from."""
+    state = kill_when(proc, ckpt, log, lambda s: s["step"] > 0 and s["epoch"] >= min_epoch,
+                      "mid-epoch")
+    return state["epoch"], state["step"]
 
 
 def encoder_of(model: Path) -> dict[str, torch.Tensor]:
@@ -143,24 +150,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, tmp
 def kill_when_finished(proc: subprocess.Popen, ckpt: Path, log: Path) -> None:
     """SIGKILL `proc` once its checkpoint says training is over (its outputs are being
     written, or about to be): a job that overran its time limit in the wrap-up."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before it could be killed:\n{log.read_text()[-3000:]}")
-        if ckpt.exists():
-            proc.send_signal(signal.SIGSTOP)
-            try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, EOFError):
-                state = None
-            if state and state.get("finished"):
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(timeout=30) == -signal.SIGKILL
-                return
-            proc.send_signal(signal.SIGCONT)
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("no finished checkpoint appeared")
+    kill_when(proc, ckpt, log, lambda s: bool(s.get("finished")), "finished")
 
 
 @pytest.mark.parametrize("stage", ["dino", "ssrl"])
