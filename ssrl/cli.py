@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from ssrl.files import InputError, OutputError, check_outputs, read_json, write_json
 from ssrl.tracking.console import job_label, progress_bars, setup_logging
@@ -30,6 +31,14 @@ def _job(path: str | None) -> dict:
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: a job config must be a JSON object")
     return cfg
+
+
+def _setting(flag: Any, cfg: dict, key: str, default: Any) -> Any:
+    """An evaluation setting: the command-line flag when given, else the job config's
+    `eval.<key>` (what the workflow passes), else the default of a command run by hand."""
+    if flag is not None:
+        return flag
+    return cfg.get("eval", {}).get(key, default)
 
 
 def _opt(p: str | None) -> Path | None:
@@ -184,16 +193,17 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from ssrl.training.runtime import init_runtime
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
+    segment = _setting(a.segment_seconds, _job(a.job), "segment_seconds", 180.0)
     device, d = init_runtime({"device": a.device, "threads": a.threads})
     model = load_encoder(a.model, device)
     with torch.no_grad():
         if a.feats:
             store = FeatStore(Path(a.feats))
             check_feats_frontend(store, model.frontend.describe(), a.model)
-            emb = embed_feats(model.encoder, store, device, a.segment_seconds, progress_bars(), d)
+            emb = embed_feats(model.encoder, store, device, segment, progress_bars(), d)
         else:
             store = open_waves(Path(a.data))
-            emb = embed_waves(model.encoder, model.frontend, store, device, a.segment_seconds,
+            emb = embed_waves(model.encoder, model.frontend, store, device, segment,
                               progress_bars(), d)
     if d.main:
         check_finite(emb, list(store.utt_ids), a.model)  # a model that computes NaN
@@ -211,13 +221,13 @@ def _trial_spec(spec: str) -> tuple[str, Path]:
 def _trial_lists(a: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str] | None]:
     """The trial lists to score and the speaker of each utterance (bootstrap units)."""
     from ssrl.data.kaldi import read_kaldi_dir
-    from ssrl.data.stores import WaveStore
+    from ssrl.data.stores import open_store
     from ssrl.files import read_map
 
     lists: dict[str, Path] = {}
     utt2spk = None
     if a.store:
-        store = WaveStore(Path(a.store))
+        store = open_store(Path(a.store))
         lists.update(store.trials)
         if store.spk is not None:
             utt2spk = dict(zip(store.utt_ids, store.spk))
@@ -243,8 +253,10 @@ def cmd_score(a: argparse.Namespace) -> None:
     boot = cfg.get("eval", {}).get("bootstrap", {})
     lists, utt2spk = _trial_lists(a)
     out = Path(a.out)
-    report = score_lists(a.embeddings, lists, out, utt2spk, a.norm, a.train_embeddings,
-                         a.labels, a.top_n, _opt(a.scores_dir) or out.parent,
+    report = score_lists(a.embeddings, lists, out, utt2spk,
+                         _setting(a.norm, cfg, "score_norm", "none"), a.train_embeddings,
+                         a.labels, _setting(a.top_n, cfg, "asnorm_top_n", 300),
+                         _opt(a.scores_dir) or out.parent,
                          boot.get("replicates", a.replicates), boot.get("seed", a.bootstrap_seed),
                          boot.get("confidence", 0.95), a.threads)
     names = list(report["trials"])
@@ -510,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", help="folder of its MLflow run state (default: next to --out)")
 
     s = add("embed", cmd_embed, "embeddings of a store, feature store, Kaldi folder, "
-            "wav.scp-style list or plain folder of audio files")
+            "wav.scp-style list or plain folder of audio files", "optional")
     s.add_argument("--model", required=True, help="a model.pt written by the workflow")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="wave store, Kaldi folder, wav.scp-style list (any name) "
@@ -522,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
-    s.add_argument("--segment-seconds", type=float, default=180.0,
-                   help="longer utterances are embedded as the mean of segments this long")
+    s.add_argument("--segment-seconds", type=float,
+                   help="longer utterances are embedded as the mean of segments this long "
+                        "(default: the job's eval.segment_seconds, else 180)")
 
     s = add("score", cmd_score, "cosine scoring and EER/minDCF (with intervals) of trial lists",
             "optional")
@@ -531,15 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embeddings.npz, or a Kaldi .scp / .ark of vectors (e.g. WeSpeaker's)")
     s.add_argument("--trials", nargs="+", help="[name=]trial_file ...")
     s.add_argument("--test-dir", help="a Kaldi folder: score all its trial lists")
-    s.add_argument("--store", help="a wave store: score its trial lists")
+    s.add_argument("--store", help="a wave or feature store: score its trial lists")
     s.add_argument("--utt2spk", help="speaker of each utterance (bootstrap units)")
-    s.add_argument("--norm", choices=["none", "mean", "asnorm"], default="none",
+    s.add_argument("--norm", choices=["none", "mean", "asnorm"],
                    help="score normalisation: none, subtract the training mean, or AS-norm "
-                        "(both need --train-embeddings; default: none)")
+                        "(both need --train-embeddings; default: the job's eval.score_norm, "
+                        "else none)")
     s.add_argument("--train-embeddings", help="embeddings of the training set (mean / cohort)")
     s.add_argument("--labels", help="labels.npz of the training set (AS-norm cohort)")
-    s.add_argument("--top-n", type=int, default=300,
-                   help="AS-norm: the closest cohort entries used (default: 300)")
+    s.add_argument("--top-n", type=int,
+                   help="AS-norm: the closest cohort entries used (default: the job's "
+                        "eval.asnorm_top_n, else 300)")
     s.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates (0: none)")
     s.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap resamples (default: 0)")

@@ -170,6 +170,9 @@ def test_every_value_in_every_shell_command_is_quoted():
             found += len(fields)
             assert all(f.endswith(":q") for f in fields), (smk.name, fields)
             assert "--cfg" not in block and "json" not in block.replace("{params.json:q}", "")
+        # settings reach a job through its config file, never as flags built from the config
+        for block in re.findall(r"^    params:\n((?:        .*\n)+)", text, re.M):
+            assert "config[" not in block and "NORM" not in block, (smk.name, block)
     assert found > 60
 
 

@@ -219,6 +219,39 @@ def test_feature_store(data_dir: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, expected.astype(np.float16).astype(np.float32))
 
 
+def test_feature_store_keeps_the_lists_once_the_wave_store_is_gone(data_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """The workflow deletes the test set's wave store (temp()) once its features exist: the
+    feature store alone must give scoring its trial lists and speakers, with the same
+    metrics as the wave store gave."""
+    import shutil
+
+    from ssrl.cli import main
+    from ssrl.data.stores import open_store
+    from ssrl.evaluation.scoring import save_embeddings
+
+    build_wave_store(read_kaldi_dir(data_dir), tmp_path / "store", progress=False)
+    build_feat_store(WaveStore(tmp_path / "store"), lambda w: w[:, None, :160], tmp_path / "feats",
+                     {"name": "toy"}, progress=False)
+    emb = np.array([[1, 0], [0, 1], [1, 0.2], [0.6, 0.8]], dtype=np.float32)  # u1..u4
+    save_embeddings(tmp_path / "emb.npz", list(LENGTHS), emb)
+    metrics = {}
+    for name in ("store", "feats"):
+        out = tmp_path / f"{name}.json"
+        assert main(["score", "--embeddings", str(tmp_path / "emb.npz"), "--store",
+                     str(tmp_path / name), "--replicates", "0", "--out", str(out)]) == 0
+        metrics[name] = json.loads(out.read_text())["trials"]["O"]
+        if name == "store":
+            shutil.rmtree(tmp_path / "store")  # what temp() does once the features exist
+    # trial u1-u3 (target, cos 0.98) outscores both non-targets (0, 0.6): EER 0
+    assert metrics["feats"]["eer"] == metrics["store"]["eer"] == 0.0
+    assert metrics["feats"]["n_trials"] == 3
+    feats = open_store(tmp_path / "feats")
+    assert isinstance(feats, FeatStore) and feats.spk == ["s0", "s1", "s0", "s1"]
+    assert feats.trials["O"].read_text().split() == ["u1", "u3", "target", "u1", "u2",
+                                                    "nontarget", "u2", "u4", "nontarget"]
+
+
 def test_store_pickles_without_open_maps(data_dir: Path, tmp_path: Path) -> None:
     """DataLoader workers get a copy of the store; it must reopen its maps there."""
     build_wave_store(read_kaldi_dir(data_dir), tmp_path / "store", progress=False)

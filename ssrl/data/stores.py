@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -308,11 +309,22 @@ class _LazyMaps:
 
 
 class _Utterances:
-    """What both stores share: utterance ids in store order and lookup by id."""
+    """What both stores share: utterance ids in store order, lookup by id, and the set's lists
+    (speaker, session, category of each utterance; the trial lists, copied into the store)."""
 
     path: Path
+    meta: dict
     utt_ids: list[str]
     _positions: dict[str, int] | None = None
+
+    def _read_lists(self) -> None:
+        self.spk: list[str] | None = self.meta.get("spk")
+        self.sess: list[str] | None = self.meta.get("sess")
+        self.categories: list[str] | None = self.meta.get("category")
+        # the store's own copies first, so a moved or copied store still finds its trials
+        self.trials: dict[str, Path] = {
+            k: own if (own := self.path / "trials" / k).is_file() else Path(v)
+            for k, v in self.meta.get("trials", {}).items()}
 
     def __len__(self) -> int:
         return len(self.utt_ids)
@@ -348,13 +360,7 @@ class WaveStore(_Utterances):
         self._offset = index["offset"].astype(np.int64)
         self.lengths: np.ndarray = index["length"].astype(np.int64)
         self.sample_rate: int = int(self.meta["sample_rate"])
-        self.spk: list[str] | None = self.meta.get("spk")
-        self.sess: list[str] | None = self.meta.get("sess")
-        self.categories: list[str] | None = self.meta.get("category")
-        # the store's own copies first, so a moved or copied store still finds its trials
-        self.trials: dict[str, Path] = {
-            k: own if (own := self.path / "trials" / k).is_file() else Path(v)
-            for k, v in self.meta["trials"].items()}
+        self._read_lists()
         self._files = [self.path / s["file"] for s in self.meta["shards"]]
         self._maps = _LazyMaps()
         for file, shard in zip(self._files, self.meta["shards"]):
@@ -390,6 +396,9 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
     `frontend` maps a float32 [1, samples] tensor to [1, n_mels, frames]; frames are stored as
     float16 rows [frames, n_mels] back to back in feats.bin. `frontend_meta` (a description of
     the front end and its settings) goes into meta.json so a mismatch can be detected on use.
+    The store's lists (speaker/session/category of each utterance, the trial lists) are copied
+    too: a test set is then kept once, as features, and its wave store can go (`temp()` in the
+    workflow) while scoring and the tables still find its trials and speakers here.
     Returns meta.json's content.
     """
     out = Path(os.path.abspath(out))
@@ -418,7 +427,17 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
                 n_frames.append(rows.shape[0])
                 total += rows.shape[0]
         meta = {"n_mels": n_mels, "n_utts": len(store), "total_frames": total,
-                "frontend": frontend_meta, "source": str(store.path)}
+                "frontend": frontend_meta, "source": str(store.path),
+                "trials": {}, "trials_sha256": {},
+                "utt_ids_sha256": hashlib.sha256("\n".join(store.utt_ids).encode()).hexdigest()}
+        for key in ("spk", "sess", "category"):
+            if key in store.meta:
+                meta[key] = store.meta[key]
+        for name, file in store.trials.items():
+            (tmp / "trials").mkdir(exist_ok=True)
+            shutil.copyfile(file, tmp / "trials" / name)
+            meta["trials"][name] = str(out / "trials" / name)
+            meta["trials_sha256"][name] = _sha256(tmp / "trials" / name)
         save_npz(tmp / "index.npz", utt_ids=np.array(store.utt_ids, dtype=str),
                  offset=np.array(offsets, dtype=np.int64),
                  n_frames=np.array(n_frames, dtype=np.int64))
@@ -437,6 +456,7 @@ class FeatStore(_Utterances):
         self._offset = index["offset"].astype(np.int64)
         self.n_frames: np.ndarray = index["n_frames"].astype(np.int64)
         self.n_mels: int = int(self.meta["n_mels"])
+        self._read_lists()
         self._file = self.path / "feats.bin"
         expected = 2 * self.n_mels * int(self.n_frames.sum())
         if not self._file.is_file():
@@ -471,6 +491,17 @@ class MemoryWaves:
 
     def crop(self, i: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         return crop(self._waves[i], n_samples, rng).astype(np.float32)
+
+
+def open_store(path: str | os.PathLike) -> WaveStore | FeatStore:
+    """A wave store or a feature store, whichever `path` holds: for what reads only a set's
+    utterance ids, speakers and trial lists (scoring, the tables)."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise InputError(f"{path}: not a wave or feature store (no meta.json)")
+    if "n_mels" in read_json(path / "meta.json"):
+        return FeatStore(path)
+    return WaveStore(path)
 
 
 def open_waves(path: str | os.PathLike) -> WaveStore | MemoryWaves:

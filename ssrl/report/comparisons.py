@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ssrl.data.kaldi import read_trials
-from ssrl.data.stores import WaveStore
+from ssrl.data.stores import FeatStore, WaveStore
 from ssrl.evaluation.bootstrap import (
     SortedTrials,
     interval,
@@ -47,7 +47,7 @@ class Estimate:
 class Comparisons:
     """Replicate metrics of every system on every labelled test list (computed once each)."""
 
-    def __init__(self, test_store: WaveStore, lists: list[str], bootstrap: dict,
+    def __init__(self, test_store: WaveStore | FeatStore, lists: list[str], bootstrap: dict,
                  threads: int = 1) -> None:
         self.replicates = int(bootstrap.get("replicates", 1000))
         self.confidence = float(bootstrap.get("confidence", 0.95))

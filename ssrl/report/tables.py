@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ssrl.data.stores import WaveStore
+from ssrl.data.stores import open_store
 from ssrl.evaluation.metrics import METRICS, metric_keys
 from ssrl.files import write_text
 from ssrl.report.comparisons import Comparisons, Estimate
@@ -497,7 +497,7 @@ def write_tables(cfg: dict, root: Path, out_dir: Path, threads: int = 1) -> dict
     root, out_dir = Path(root), Path(out_dir)
     groups = load_groups(cfg, root)
     lists = trial_lists(cfg, groups)
-    comp = Comparisons(WaveStore(root / cfg["test_store"]), lists,
+    comp = Comparisons(open_store(root / cfg["test_store"]), lists,
                        cfg.get("eval", {}).get("bootstrap", {}), threads)
     for name, table in (("main", main_table), ("ablation", ablation_table)):
         md, rows, paired, page = table(cfg, comp, groups, lists)

@@ -145,12 +145,43 @@ def model_of(seed, source):
     return f"{R}/seed{seed}/iterative/{e}/{r}/model.pt"
 
 
-def previous_model(seed, e, r):
-    return model_of(seed, source_of(e, r))
+# --- input functions: what a rule reads that its wildcards do not spell out -----------------
+def clustered_model(w):
+    """The model rule `cluster` embeds the training set with."""
+    return model_of(w.seed, w.source)
 
 
-def previous_clustering(seed, e, r):
-    return f"{R}/seed{seed}/cluster/{source_of(e, r)}_k{K}/labels.npz"
+def previous_model(w):
+    """The network iterative round `w.r` of chain `w.e` starts from."""
+    return model_of(w.seed, source_of(w.e, w.r))
+
+
+def previous_clustering(w):
+    """The pseudo labels iterative round `w.r` of chain `w.e` trains on."""
+    return f"{R}/seed{w.seed}/cluster/{source_of(w.e, w.r)}_k{K}/labels.npz"
+
+
+def variant_start_labels(w):
+    """The k-means labels of DINO an SSRL variant starts from (its own k, e.g. `init_k`)."""
+    k = variant_k(VARIANT_OF_DIR[paramspace.wildcard_pattern.format(**w)])
+    return f"{R}/seed{w.seed}/cluster/dino_k{k}/labels.npz"
+
+
+def prepared_folder(path):
+    """A prepared set's folder. The built-in corpus's holds synthesised WAVs: an intermediate,
+    kept only until its wave store holds the audio. A Kaldi or VoxCeleb set's holds only lists
+    pointing at the user's audio: kept."""
+    return temp(directory(path)) if SOURCE == "builtin" else directory(path)
+
+
+# One pattern per wildcard for every rule (a rule narrows `set` or `system` where it must).
+wildcard_constraints:
+    seed=r"\d+",
+    e=r"\d+",
+    r=r"\d+",
+    k=r"\d+",
+    source=r"dino|e\d+-round\d+",
+    set="train|dev|test|noise|rir",
 
 
 # --- the table of systems ----------------------------------------------------------------------
@@ -299,7 +330,7 @@ JOBS = {
     "baseline": {"job": identity("baseline", "baseline")},
     "report": {"job": identity("report", "report"), "experiment": EXP,
                "data": {"source": SOURCE}, "eval": config["eval"],
-               "systems": SYSTEMS, "test_store": "store/test",
+               "systems": SYSTEMS, "test_store": "feats/test",
                "trial_order": ["trials", *DATA["voxceleb"]["trials"]]},
 }
 for _s in SEEDS:
@@ -391,6 +422,29 @@ def results_root(output):
 TRAINED = "|".join(re.escape(d) for d in TRAINED_DIRS)
 ANY_SYSTEM = "|".join(re.escape(d) for d in SYSTEM_DIRS)
 NORM = config["eval"]["score_norm"]
+
+
+TEST_LISTS = f"{R}/feats/test"  # the test set's trial lists and speakers travel with its features
+
+
+def normalised(w):
+    """Whether system `w.system` is scored with `eval.score_norm`: the classical floor has no
+    training-set embeddings or pseudo labels, so it is always scored plain."""
+    return NORM != "none" and w.system != "baseline"
+
+
+def cohort_inputs(w):
+    """What AS-norm or mean normalisation reads besides the test embeddings."""
+    if not normalised(w):
+        return {}
+    return {"train": f"{R}/eval/{w.system}/emb_train.npz", "labels": cohort_labels(w)}
+
+
+def norm_flags(w, input):
+    """The score command's normalisation inputs (its method and top-n come from the job file)."""
+    if not normalised(w):
+        return ["--norm", "none"] if NORM != "none" else []
+    return ["--train-embeddings", input.train, "--labels", input.labels]
 
 
 def cohort_labels(w):

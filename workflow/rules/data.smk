@@ -3,18 +3,21 @@
 # of the evaluation sets), and the classical floor's embeddings of the test set. A user's set is
 # an input through its digest (common.smk): an edited list or audio file reruns that set's
 # preparation and what depends on it, nothing else.
+#
+# Audio is kept once: the built-in corpus's synthesised WAVs are temp() once their wave store
+# holds them, and the test set's wave store is temp() once its features (which carry its trial
+# lists and speakers) and the floor are computed; Snakemake remakes either only if a job that
+# reads it has to run again (`--notemp` keeps them).
 
 
 rule prepare_data:
     conda:
         "../../envs/conda.yaml"
     input:
-        cfg=lambda w: job_file(f"prepare/{w.set}"),
+        cfg=job_file("prepare/{set}"),
         data=data_inputs,
     output:
-        directory(f"{R}/data/{{set}}"),
-    wildcard_constraints:
-        set="train|dev|test|noise|rir",
+        prepared_folder(f"{R}/data/{{set}}"),
     resources:
         **resources(),
     log:
@@ -29,11 +32,11 @@ rule wave_store:
         "../../envs/conda.yaml"
     input:
         data=f"{R}/data/{{set}}",
-        cfg=lambda w: job_file(f"store/{w.set}"),
+        cfg=job_file("store/{set}"),
     output:
         directory(f"{R}/store/{{set}}"),
     wildcard_constraints:
-        set="train|dev|test|noise|rir",
+        set="train|dev|noise|rir",  # the test set's store: rule test_wave_store
     threads: config["data"]["workers"]
     resources:
         **resources(),
@@ -44,11 +47,21 @@ rule wave_store:
         " --workers {threads:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
+use rule wave_store as test_wave_store with:
+    input:
+        data=f"{R}/data/test",
+        cfg=job_file("store/test"),
+    output:
+        temp(directory(f"{R}/store/test")),
+    log:
+        f"{LOGS}/wave_store_test.log",
+
+
 rule feature_store:
     conda:
         "../../envs/conda.yaml"
     input:
-        store=lambda w: store(w.set),
+        store=store("{set}"),
         cfg=job_file("features"),
     output:
         directory(f"{R}/feats/{{set}}"),

@@ -1,5 +1,7 @@
 # Evaluation: test-set embeddings of every system (a trained model folder, or the classical
 # baseline), their scores with bootstrap intervals, the tables, plots and the exported model.
+# The test set is read as its feature store, which also carries its trial lists and speakers
+# (its wave store is temp(): data.smk).
 
 
 rule embed_test:
@@ -13,17 +15,14 @@ rule embed_test:
         f"{R}/eval/{{system}}/emb_test.npz",
     wildcard_constraints:
         system=TRAINED,
-    params:
-        segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
     resources:
         **resources(),
     log:
         f"{LOGS}/eval/{{system}}/embed_test.log",
     shell:
-        "python -m ssrl embed --model {input.model:q} --feats {input.feats:q}"
-        " --threads {threads:q} --segment-seconds {params.segment:q} --out {output:q}"
-        " 2>&1 | tee {log:q}"
+        "python -m ssrl embed --job {input.cfg:q} --model {input.model:q}"
+        " --feats {input.feats:q} --threads {threads:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule embed_train:
@@ -37,42 +36,30 @@ rule embed_train:
         f"{R}/eval/{{system}}/emb_train.npz",
     wildcard_constraints:
         system=TRAINED,
-    params:
-        segment=config["eval"]["segment_seconds"],
     threads: config["runtime"]["threads"]
     resources:
         **resources(),
     log:
         f"{LOGS}/eval/{{system}}/embed_train.log",
     shell:
-        "python -m ssrl embed --model {input.model:q} --data {input.store:q}"
-        " --threads {threads:q} --segment-seconds {params.segment:q} --out {output:q}"
-        " 2>&1 | tee {log:q}"
+        "python -m ssrl embed --job {input.cfg:q} --model {input.model:q}"
+        " --data {input.store:q} --threads {threads:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule score:
     conda:
         "../../envs/conda.yaml"
     input:
+        unpack(cohort_inputs),
         emb=f"{R}/eval/{{system}}/emb_test.npz",
-        test=store("test"),
+        test=TEST_LISTS,
         cfg=job_file("score"),
-        norm=lambda w: (
-            []
-            if NORM == "none"
-            else {"train": f"{R}/eval/{w.system}/emb_train.npz", "labels": cohort_labels(w)}
-        ),
     output:
         metrics=f"{R}/eval/{{system}}/metrics.json",
     wildcard_constraints:
         system=ANY_SYSTEM,
     params:
-        norm=lambda w, input: (
-            ["--norm", NORM]
-            if NORM == "none"
-            else ["--norm", NORM, "--train-embeddings", input.train, "--labels", input.labels,
-                  "--top-n", config["eval"]["asnorm_top_n"]]
-        ),
+        norm=norm_flags,
         run=lambda w: f"{R}/{w.system}",
     threads: config["runtime"]["threads"]
     resources:
@@ -90,7 +77,7 @@ rule tables:
         "../../envs/conda.yaml"
     input:
         all_results(),
-        test=store("test"),
+        test=TEST_LISTS,
         cfg=job_file("report"),
     output:
         main_csv=f"{R}/tables/main.csv",

@@ -7,13 +7,11 @@ rule dino:
     input:
         train=store("train"),
         **AUGMENT_STORES,
-        cfg=lambda w: job_file(f"seed{w.seed}/dino"),
+        cfg=job_file("seed{seed}/dino"),
     output:
         model=f"{R}/seed{{seed}}/dino/model.pt",
         history=f"{R}/seed{{seed}}/dino/history.json",
         compute=f"{R}/seed{{seed}}/dino/compute.json",
-    wildcard_constraints:
-        seed=r"\d+",
     params:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
@@ -31,16 +29,12 @@ rule cluster:
     conda:
         "../../envs/conda.yaml"
     input:
-        model=lambda w: model_of(w.seed, w.source),
+        model=clustered_model,
         train=store("train"),
-        cfg=lambda w: job_file(f"seed{w.seed}/cluster/{w.source}_k{w.k}"),
+        cfg=job_file("seed{seed}/cluster/{source}_k{k}"),
     output:
         labels=f"{R}/seed{{seed}}/cluster/{{source}}_k{{k}}/labels.npz",
         quality=f"{R}/seed{{seed}}/cluster/{{source}}_k{{k}}/quality.json",
-    wildcard_constraints:
-        seed=r"\d+",
-        source=r"dino|e\d+-round\d+",
-        k=r"\d+",
     params:
         out=lambda w, output: os.path.dirname(output.labels),
         launch=launcher(),

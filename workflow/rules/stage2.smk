@@ -10,15 +10,13 @@ rule ssrl:
         **AUGMENT_STORES,
         **DEV_STORE,
         init=f"{R}/seed{{seed}}/dino/model.pt",
-        labels=lambda w: f"{R}/seed{w.seed}/cluster/dino_k"
-        f"{variant_k(VARIANT_OF_DIR[paramspace.wildcard_pattern.format(**w)])}/labels.npz",
-        cfg=lambda w: job_file(f"seed{w.seed}/ssrl/{paramspace.wildcard_pattern.format(**w)}"),
+        labels=variant_start_labels,
+        cfg=job_file(f"seed{{seed}}/ssrl/{paramspace.wildcard_pattern}"),
     output:
         model=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/model.pt",
         history=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/history.json",
         compute=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/compute.json",
-    wildcard_constraints:
-        seed=r"\d+",
+        labels=f"{R}/seed{{seed}}/ssrl/{paramspace.wildcard_pattern}/labels.npz",  # the labels it ended with (AS-norm cohort)
     params:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
@@ -41,17 +39,14 @@ rule iterative_round:
         train=store("train"),
         **AUGMENT_STORES,
         **DEV_STORE,
-        init=lambda w: previous_model(w.seed, w.e, w.r),
-        labels=lambda w: previous_clustering(w.seed, w.e, w.r),
-        cfg=lambda w: job_file(f"seed{w.seed}/iterative/e{w.e}/round{w.r}"),
+        init=previous_model,
+        labels=previous_clustering,
+        cfg=job_file("seed{seed}/iterative/e{e}/round{r}"),
     output:
         model=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/model.pt",
         history=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/history.json",
         compute=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/compute.json",
-    wildcard_constraints:
-        seed=r"\d+",
-        e=r"\d+",
-        r=r"\d+",
+        labels=f"{R}/seed{{seed}}/iterative/e{{e}}/round{{r}}/labels.npz",  # the labels it ended with (AS-norm cohort)
     params:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
@@ -75,13 +70,12 @@ rule supervised:
         **AUGMENT_STORES,
         **DEV_STORE,
         init=f"{R}/seed{{seed}}/dino/model.pt",
-        cfg=lambda w: job_file(f"seed{w.seed}/supervised"),
+        cfg=job_file("seed{seed}/supervised"),
     output:
         model=f"{R}/seed{{seed}}/supervised/model.pt",
         history=f"{R}/seed{{seed}}/supervised/history.json",
         compute=f"{R}/seed{{seed}}/supervised/compute.json",
-    wildcard_constraints:
-        seed=r"\d+",
+        labels=f"{R}/seed{{seed}}/supervised/labels.npz",  # the labels it ended with (AS-norm cohort)
     params:
         out=lambda w, output: os.path.dirname(output.model),
         launch=launcher(),
