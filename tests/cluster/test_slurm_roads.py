@@ -86,8 +86,8 @@ def test_slurm_smoke_metrics_equal_the_local_run(slurm_run, local_run):
     assert len(local) == 7 and sorted(local) == sorted(remote)  # 6 trained systems + floor
     different = [name for name in local if local[name] != remote[name]]
     assert different == []
-    eer = {Path(k).parent.name: round(v["trials"]["eer"], 6) for k, v in remote.items()
-           if "trials" in v}
+    eer = {Path(k).parent.name: round(v["trials"]["trials"]["eer"], 6)
+           for k, v in remote.items()}
     say(f"metrics.json identical in {len(local)} systems (local vs SLURM); EER: {eer}")
     # every SLURM job asked for what it uses: nothing pended on a 2-CPU node, no GPU asked for
     assert len(slurm_run["job_ids"]) >= 30

@@ -27,6 +27,10 @@ def test_two_process_dino_in_one_slurm_allocation(local_run, slurm, tmp_path):
     (run.dir / "ddp.yaml").write_text("runtime: {gpus_per_job: 2}\n")
     run.experiment = local_run.experiment
     shutil.copytree(local_run.results, run.results, symlinks=True)
+    # a copy has no Snakemake metadata, so the changed job config alone would not be seen:
+    # remove DINO's outputs and its job config (the workflow writes it anew, with 2 processes)
+    shutil.rmtree(run.results / "seed0/dino")
+    (run.results / "jobs/seed0/dino.json").unlink()
     target = f"results/{run.experiment}/seed0/dino/model.pt"
     run.start(*SLURM_ARGS, target, *CONFIGS, "ddp.yaml")  # the target before the files
 
