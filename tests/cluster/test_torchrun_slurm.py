@@ -1,6 +1,6 @@
-"""`runtime.gpus_per_job: 2` on a CPU partition: the DINO rule's real shell command (torchrun
---standalone, two gloo processes) inside one SLURM allocation of one node, asking for the CPUs
-both processes use and no GPU."""
+"""`runtime.gpus_per_job: 2` on a CPU partition: the training rules' real shell commands
+(torchrun --standalone, two gloo processes) for DINO, SSRL and an iterative round, each inside
+one SLURM allocation of one node, asking for the CPUs both processes use and no GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 from cluster_support import CONFIGS, EXTRA, SLURM_ARGS, new_workflow, say
+
+# the training rules (SLURM comment `rule_<name>_...`) and the model each writes
+STAGES = {"dino": "seed0/dino", "ssrl": "seed0/ssrl/noisy_label_modeling~True",
+          "iterative_round": "seed0/iterative/e2/round1"}
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -21,35 +25,37 @@ def _environ(pid: int) -> dict[str, str]:
                 if "=" in item)
 
 
-def test_two_process_dino_in_one_slurm_allocation(local_run, slurm, tmp_path):
-    # the local run's prepared data and stores, copied with their times: only DINO reruns
+def test_two_process_training_in_one_slurm_allocation(local_run, slurm, tmp_path):
+    # the local run's prepared data and stores, copied with their times: only training reruns
     run = new_workflow(tmp_path / "wf", EXTRA)
     (run.dir / "ddp.yaml").write_text("runtime: {gpus_per_job: 2}\n")
     run.experiment = local_run.experiment
     shutil.copytree(local_run.results, run.results, symlinks=True)
-    # a copy has no Snakemake metadata, so the changed job config alone would not be seen:
-    # remove DINO's outputs and its job config (the workflow writes it anew, with 2 processes)
-    shutil.rmtree(run.results / "seed0/dino")
-    (run.results / "jobs/seed0/dino.json").unlink()
-    target = f"results/{run.experiment}/seed0/dino/model.pt"
-    run.start(*SLURM_ARGS, target, *CONFIGS, "ddp.yaml")  # the target before the files
+    # a copy has no Snakemake metadata, so the changed job configs alone would not be seen:
+    # remove the three trainings' outputs and job configs (the workflow writes them anew)
+    for folder in STAGES.values():
+        shutil.rmtree(run.results / folder)
+        (run.results / "jobs" / f"{folder}.json").unlink()
+    targets = [f"results/{run.experiment}/{folder}/model.pt" for folder in STAGES.values()]
+    run.start(*SLURM_ARGS, *targets, *CONFIGS, "ddp.yaml")  # the targets before the files
 
-    ranks: dict[str, str] = {}
-    job_id = None
+    ranks: dict[str, dict[str, str]] = {rule: {} for rule in STAGES}
+    jobs: dict[str, str] = {}
     while run.proc.poll() is None:
-        job = slurm.running("dino")
-        if job:
-            job_id = job.id
+        for rule in STAGES:
+            job = slurm.running(rule)
+            if not job:
+                continue
+            jobs[rule] = job.id
             for pid in slurm.pids(job.id):
                 env = _environ(pid)
                 if "RANK" in env and "ssrl" in Path(f"/proc/{pid}/cmdline").read_text(
                         errors="replace"):
-                    ranks[env["RANK"]] = env.get("WORLD_SIZE", "?")
+                    ranks[rule][env["RANK"]] = env.get("WORLD_SIZE", "?")
         time.sleep(0.2)
     run.wait()
-    assert job_id is not None and ranks == {"0": "2", "1": "2"}, ranks
-    assert (run.results / "seed0/dino/model.pt").is_file()
-    log = (run.results / "logs/seed0/dino.log").read_text()
-    assert "torchrun: 2 processes, gloo backend" in log, log[-3000:]
-    say(f"torchrun inside SLURM job {job_id}: world size 2 (ranks {sorted(ranks)}), "
-        f"{os.cpu_count()} CPUs on the node")
+    for rule, folder in STAGES.items():
+        assert rule in jobs and ranks[rule] == {"0": "2", "1": "2"}, (rule, ranks)
+        assert (run.results / folder / "model.pt").is_file()
+        say(f"torchrun inside SLURM job {jobs[rule]} ({rule}): world size 2 (ranks "
+            f"{sorted(ranks[rule])}), {os.cpu_count()} CPUs on the node")
