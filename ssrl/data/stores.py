@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssrl.data.audio import FFMPEG_BATCH, SAMPLE_RATE, AudioError, load_audio, load_audio_many
+from ssrl.data.audio import (
+    FFMPEG_BATCH,
+    INT16_SCALE,
+    SAMPLE_RATE,
+    AudioError,
+    load_audio,
+    load_audio_many,
+    to_int16,
+)
 from ssrl.data.kaldi import KaldiDir, read_audio_source, read_trials, trial_rows
 from ssrl.files import (
     InputError,
@@ -37,14 +45,6 @@ from ssrl.files import (
 )
 
 log = logging.getLogger("ssrl.data")
-
-INT16_SCALE = 32768.0
-
-
-def _to_int16(wave: np.ndarray) -> np.ndarray:
-    """Quantise float samples in [-1, 1] to int16 (x * 32768, rounded and clipped)."""
-    return np.clip(np.rint(wave * INT16_SCALE), -32768, 32767).astype("<i2")
-
 
 def _fit_int16(wave: np.ndarray) -> tuple[np.ndarray, bool]:
     """A float wave scaled into [-1, 1] when it exceeds it (float WAVs may), and whether it was.
@@ -100,7 +100,7 @@ def _decode_chunk(paths: list[Path]) -> list[_Decoded]:
             out.append(_Decoded(None, wave.reason))
             continue
         wave, scaled = _fit_int16(wave)
-        out.append(_Decoded(_to_int16(wave), rescaled=scaled))
+        out.append(_Decoded(to_int16(wave), rescaled=scaled))
     return out
 
 
