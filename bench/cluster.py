@@ -20,12 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.training.clustering import (  # noqa: E402
-    _gpu_available,
-    assign,
-    cluster_quality,
-    kmeans,
-)
+from ssrl.evaluation.label_quality import cluster_quality  # noqa: E402
+from ssrl.training.kmeans import assign, gpu_available, kmeans  # noqa: E402
 
 
 def synthetic(n: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     x, y = synthetic(args.n, args.k, args.d, args.seed)
     print(f"size: {args.n} x {args.d} -> k={args.k}, max_iter={args.max_iter}")
-    gpu = _gpu_available()
+    gpu = gpu_available()
     cpu = not (args.skip_cpu and gpu)
     if cpu:
         cpu_s, cpu_it = run_ssrl(x, y, args.k, args.max_iter, args.seed, use_gpu=False)

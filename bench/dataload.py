@@ -32,7 +32,7 @@ from ssrl.data.kaldi import read_kaldi_dir  # noqa: E402
 from ssrl.data.loader import CropBatches, View  # noqa: E402
 from ssrl.data.stores import WaveStore, build_wave_store  # noqa: E402
 from ssrl.models.frontend import Frontend  # noqa: E402
-from ssrl.training.runtime import Dist  # noqa: E402
+from ssrl.runtime import Dist  # noqa: E402
 
 SR = 16000
 

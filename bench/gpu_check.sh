@@ -85,11 +85,11 @@ env_report() {
     echo "$(nproc) CPU cores"
     "$PY" - <<'EOF'
 import faiss, torch
-from ssrl.training.clustering import _faiss_gpu
+from ssrl.training.kmeans import faiss_gpu_available
 cuda = torch.cuda.is_available()
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"device {torch.cuda.get_device_name(0) if cuda else 'none (CPU)'}, "
-      f"faiss {faiss.__version__} ({'GPU' if _faiss_gpu() else 'CPU only: k-means uses torch CUDA'})")
+      f"faiss {faiss.__version__} ({'GPU' if faiss_gpu_available() else 'CPU only: k-means uses torch CUDA'})")
 EOF
 }
 

@@ -14,7 +14,7 @@ What is measured (all on synthetic data; it is the throughput that counts, not t
   fbank);
 - the per-utterance SSRL state (labels, label queue, recorded losses, p_clean) at 1.09 M
   utterances, and the end-of-epoch work on it;
-- k-means 1.09 M x 512 -> 8000 on CPU: `ssrl.training.clustering.kmeans` against
+- k-means 1.09 M x 512 -> 8000 on CPU: `ssrl.training.kmeans.kmeans` against
   `faiss.Kmeans` and scikit-learn, on a subsample, extrapolated linearly in n;
 - embedding extraction (ECAPA c1024, full utterances) and scoring with speaker-bootstrap
   intervals at the sizes of VoxCeleb1-E and -H.
@@ -56,7 +56,7 @@ from cluster import synthetic as synthetic_embeddings  # noqa: E402  (bench/clus
 from dataload import synthetic_augmenter  # noqa: E402  (bench/dataload.py)
 from score import bootstrap_intervals, synthetic_trials  # noqa: E402  (bench/score.py)
 
-from ssrl.data.audio import load_audio  # noqa: E402
+from ssrl.data.audio import load_audio, to_int16  # noqa: E402
 from ssrl.data.augment import Augmenter, AugPlan  # noqa: E402
 from ssrl.data.kaldi import KaldiDir, read_kaldi_dir  # noqa: E402
 from ssrl.data.loader import CropBatches, View  # noqa: E402
@@ -67,9 +67,9 @@ from ssrl.evaluation.metrics import evaluate  # noqa: E402
 from ssrl.evaluation.scoring import cosine_scores  # noqa: E402
 from ssrl.models.encoders import build_encoder  # noqa: E402
 from ssrl.models.frontend import Frontend  # noqa: E402
-from ssrl.training.clustering import kmeans  # noqa: E402
+from ssrl.runtime import Dist  # noqa: E402
+from ssrl.training.kmeans import kmeans  # noqa: E402
 from ssrl.training.noisy_labels import clean_posterior  # noqa: E402
-from ssrl.training.runtime import Dist  # noqa: E402
 from ssrl.training.ssrl import LabelState, refresh_labels  # noqa: E402
 
 SR = 16000
@@ -155,7 +155,7 @@ def encode(wave: np.ndarray, path: Path) -> None:
         return
     import imageio_ffmpeg
 
-    pcm = np.clip(np.rint(wave * 32767), -32768, 32767).astype("<i2").tobytes()
+    pcm = to_int16(wave).tobytes()
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
                     "-f", "s16le", "-ar", str(SR), "-ac", "1", "-i", "-", "-c:a", "aac",
                     "-b:a", "64k", str(path)], input=pcm, check=True, capture_output=True)
@@ -214,7 +214,7 @@ def bench_prepare(roots: dict[str, Path], out: Path) -> dict[str, dict]:
 
 
 def _quantised(wave: np.ndarray) -> bytes:
-    return np.clip(np.rint(wave * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    return to_int16(wave).tobytes()
 
 
 def reference_store(paths: list[Path], out: Path, workers: int) -> int:

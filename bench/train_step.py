@@ -37,9 +37,9 @@ from ssrl.config import load_config  # noqa: E402
 from ssrl.data.augment import ArraySource, Augmenter  # noqa: E402
 from ssrl.data.stores import MemoryWaves  # noqa: E402
 from ssrl.models.encoders import build_encoder, count_parameters  # noqa: E402
+from ssrl.runtime import Dist  # noqa: E402
 from ssrl.training.dino import build_dino_run, dino_step  # noqa: E402
-from ssrl.training.runtime import Dist  # noqa: E402
-from ssrl.training.ssrl import build_run, ssrl_step  # noqa: E402
+from ssrl.training.ssrl import build_ssrl_run, ssrl_step  # noqa: E402
 
 SR = 16000
 PHASES = ("data", "teacher", "student", "optim", "ema")
@@ -130,8 +130,8 @@ def make_ssrl(cfg: dict, store: MemoryWaves, augmenter: Augmenter, classes: int,
     labels = rng.integers(0, classes, len(store))
     centroids = rng.standard_normal((classes, 512)).astype(np.float32)
     embed_dim = build_encoder({**cfg["model"], "n_mels": 80}).embed_dim
-    run = build_run(cfg, cfg["ssrl"], store, augmenter, labels, centroids[:, :embed_dim],
-                    epochs=1, relabel=True, init_encoder=None, device=device, d=Dist())
+    run = build_ssrl_run(cfg, store, augmenter, labels, centroids[:, :embed_dim], epochs=1,
+                         init_encoder=None, device=device, d=Dist())
     return run, ssrl_step
 
 

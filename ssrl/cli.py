@@ -39,8 +39,8 @@ def _opt(p: str | None) -> Path | None:
 def _tracker(cfg: dict, out: Path, fingerprint: str | None = None):
     """The MLflow run of a workflow job (`cfg["job"]` names it); a no-op tracker for the other
     `torchrun` processes and for commands run without a job config."""
+    from ssrl.runtime import Dist
     from ssrl.tracking.mlflow_run import NullTracker, Tracker, resolve_tracking_uri
-    from ssrl.training.runtime import Dist
 
     job = cfg.get("job")
     if not job or not Dist.from_env().main:
@@ -109,10 +109,12 @@ def _train(a: argparse.Namespace, fn) -> None:
     cfg, out = _job(a.job), Path(a.out)
     inputs = Inputs(Path(a.train), _opt(a.noise), _opt(a.rir), _opt(getattr(a, "dev", None)),
                     _opt(getattr(a, "init", None)), _opt(getattr(a, "labels", None)))
+    from ssrl.report.plots import plot_history
+
     with _tracker(cfg, out, inputs.fingerprint(cfg)) as tracker:
         if a.job:
             tracker.log_artifact(a.job, "config")  # the requested config; params: what ran
-        fn(cfg, inputs, out, tracker)
+        fn(cfg, inputs, out, tracker, plot_history)
     log.info("%s finished", cfg.get("job", {}).get("name", a.cmd))
 
 
@@ -129,22 +131,23 @@ def cmd_ssrl(a: argparse.Namespace) -> None:
 
 
 def cmd_iterative(a: argparse.Namespace) -> None:
-    from ssrl.training.ssrl import train_iterative_round
+    from ssrl.training.classifier import train_iterative_round
 
     _train(a, train_iterative_round)
 
 
 def cmd_supervised(a: argparse.Namespace) -> None:
-    from ssrl.training.ssrl import train_supervised
+    from ssrl.training.classifier import train_supervised
 
     _train(a, train_supervised)
 
 
 def cmd_cluster(a: argparse.Namespace) -> None:
+    from ssrl.runtime import Dist
     from ssrl.training.clustering import cluster_stage
-    from ssrl.training.runtime import Dist
 
-    quality = cluster_stage(_job(a.job), Path(a.model), Path(a.train), Path(a.out))
+    quality = cluster_stage(_job(a.job), Path(a.model), Path(a.train), Path(a.out),
+                            progress=progress_bars())
     log.info("k-means: %s", quality)
     if a.run_dir and (Dist.from_env().main):
         from ssrl.tracking.mlflow_run import annotate_run
@@ -181,7 +184,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from ssrl.evaluation.embed import check_feats_frontend, embed_feats, embed_waves
     from ssrl.evaluation.scoring import check_finite, embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
-    from ssrl.training.runtime import init_runtime
+    from ssrl.runtime import init_runtime
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
     device, d = init_runtime({"device": a.device, "threads": a.threads})

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from ssrl.files import InputError, OutputError, atomic_path, read_json, write_json
 
@@ -133,9 +133,22 @@ def experiment_tags(experiment: str) -> dict[str, str]:
                 "prints links to the saved views: systems by test EER, SSRL variants charted.")}
 
 
+class Tracking(Protocol):
+    """What a job logs to: a `Tracker` (an MLflow run) or `NULL_TRACKER` (not tracked)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+
+
 class NullTracker:
     """What a job gets when it is not tracked (the non-main `torchrun` processes, commands run
-    by hand): the Tracker's interface, doing nothing."""
+    by hand, tests): the Tracker's interface, doing nothing. "Not tracked" is always this
+    object, never None, so no caller checks."""
 
     def __enter__(self) -> NullTracker:
         return self
@@ -154,6 +167,10 @@ class NullTracker:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
+
+
+#: The one "not tracked" tracker (it holds no state).
+NULL_TRACKER = NullTracker()
 
 
 class Tracker:
