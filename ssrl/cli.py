@@ -40,11 +40,11 @@ def _tracker(cfg: dict, out: Path, fingerprint: str | None = None):
     """The MLflow run of a workflow job (`cfg["job"]` names it); a no-op tracker for the other
     `torchrun` processes and for commands run without a job config."""
     from ssrl.runtime import Dist
-    from ssrl.tracking.mlflow_run import NullTracker, Tracker, resolve_tracking_uri
+    from ssrl.tracking.mlflow_run import NULL_TRACKER, Tracker, resolve_tracking_uri
 
     job = cfg.get("job")
     if not job or not Dist.from_env().main:
-        return NullTracker()
+        return NULL_TRACKER
     uri = resolve_tracking_uri(job.get("tracking_uri"), Path(job["results_dir"]))
     tags = {k: job[k] for k in ("stage", "variant", "seed", "dataset", "uses_labels")
             if job.get(k) is not None}
@@ -296,7 +296,7 @@ def cmd_mlflow_ui(a: argparse.Namespace) -> None:
         raise InputError(f"MLflow is not installed for {sys.executable}; use the project's "
                          "environment (`make venv`, then `.venv/bin/python -m ssrl mlflow-ui`)"
                          ) from None
-    from ssrl.tracking.mlflow_run import install_views, relocate_artifacts
+    from ssrl.tracking.mlflow_store import install_views, relocate_artifacts
 
     _check_port_free(a.host, a.port)  # else the server fails after start-up and exits 0
     db = Path(a.results) / "mlflow.db"
@@ -350,12 +350,8 @@ def cmd_tables(a: argparse.Namespace) -> None:
     cumulative compute, gap closed) and each sweep's parent run its summary (the table, every
     child's test EER, the best child)."""
     from ssrl.report.tables import write_tables
-    from ssrl.tracking.mlflow_run import (
-        annotate_run,
-        install_views,
-        resolve_tracking_uri,
-        summarize_sweep,
-    )
+    from ssrl.tracking.mlflow_run import annotate_run, resolve_tracking_uri, summarize_sweep
+    from ssrl.tracking.mlflow_store import install_views
 
     cfg, out = _job(a.job), Path(a.out_dir)
     summary = write_tables(cfg, Path(a.root), out, a.threads)
