@@ -33,8 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import synthetic_augmenter  # noqa: E402
+
 from ssrl.config import load_config  # noqa: E402
-from ssrl.data.augment import ArraySource, Augmenter  # noqa: E402
+from ssrl.data.augment import Augmenter  # noqa: E402
 from ssrl.data.stores import MemoryWaves  # noqa: E402
 from ssrl.models.encoders import build_encoder, count_parameters  # noqa: E402
 from ssrl.runtime import Dist  # noqa: E402
@@ -54,14 +56,7 @@ def synthetic_sources(rng: np.random.Generator, n_utts: int, seconds: float
     RIRs (the shapes, not the content, are what is measured)."""
     utts = [(rng.standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
             for _ in range(n_utts)]
-    cats = ["noise", "music", "speech"] * 4
-    noise = ArraySource([(rng.standard_normal(5 * SR) * 0.1).astype(np.float32) for _ in cats],
-                        cats)
-    decay = np.exp(-np.arange(SR // 4) / (0.05 * SR))  # 250 ms RIRs, 50 ms decay constant
-    rirs = ArraySource([(rng.standard_normal(len(decay)) * decay).astype(np.float32)
-                        for _ in range(4)])
-    return (MemoryWaves([f"u{i}" for i in range(n_utts)], utts),
-            Augmenter(noise, rirs, p_reverb=1 / 3, p_noise=1 / 3))
+    return MemoryWaves([f"u{i}" for i in range(n_utts)], utts), synthetic_augmenter(rng)
 
 
 # --- timing ----------------------------------------------------------------------------------
