@@ -30,7 +30,6 @@ docs/method.md, each behind a config switch):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +62,6 @@ from ssrl.training.label_queue import LabelQueue
 from ssrl.training.noisy_labels import clean_detection_rates, clean_posterior
 from ssrl.training.optim import set_lr, teacher_momentum
 from ssrl.training.sinkhorn import sinkhorn
-
-log = logging.getLogger("ssrl.ssrl")
 
 #: The values of the config key `ssrl.relabel`: how the teacher scores the prototypes.
 TEACHER_MODES = ("margin", "cosine", "sticky")
