@@ -96,7 +96,8 @@ EOF
 workflow() {  # the smoke workflow in a copy of the workflow files under OUT/workflow
     local dir="$OUT/workflow"
     rm -rf "$dir" && mkdir -p "$dir"
-    cp -r "$REPO/Snakefile" "$REPO/workflow" "$REPO/config.yaml" "$REPO/config" "$REPO/envs" "$dir/"
+    # -L: workflow/schemas/config.schema.yaml links into ssrl/schema/ (copy the file itself)
+    cp -rL "$REPO/Snakefile" "$REPO/workflow" "$REPO/config.yaml" "$REPO/config" "$REPO/envs" "$dir/"
     cd "$dir" && "$BIN/snakemake" --cores all --configfile config/smoke.yaml "$@"
 }
 
