@@ -20,22 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.training.clustering import (  # noqa: E402
-    _gpu_available,
-    assign,
-    cluster_quality,
-    kmeans,
-)
+from common import synthetic_embeddings  # noqa: E402
 
-
-def synthetic(n: int, k: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n unit-norm points around k random directions (like L2-normalised embeddings)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)).astype(np.float32)
-    y = rng.integers(0, k, n)
-    x = centres[y] + rng.normal(scale=0.6, size=(n, d)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, y
+from ssrl.evaluation.label_quality import cluster_quality  # noqa: E402
+from ssrl.training.kmeans import assign, gpu_available, kmeans  # noqa: E402
 
 
 def run_ssrl(x, y, k, max_iter, seed, use_gpu) -> tuple[float, int]:
@@ -70,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from sklearn.cluster import KMeans
 
-    x, y = synthetic(args.n, args.k, args.d, args.seed)
+    x, y = synthetic_embeddings(args.n, args.k, args.d, args.seed)
     print(f"size: {args.n} x {args.d} -> k={args.k}, max_iter={args.max_iter}")
-    gpu = _gpu_available()
+    gpu = gpu_available()
     cpu = not (args.skip_cpu and gpu)
     if cpu:
         cpu_s, cpu_it = run_ssrl(x, y, args.k, args.max_iter, args.seed, use_gpu=False)

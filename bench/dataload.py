@@ -27,12 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssrl.data.augment import ArraySource, Augmenter  # noqa: E402
+from common import synthetic_augmenter  # noqa: E402
+
 from ssrl.data.kaldi import read_kaldi_dir  # noqa: E402
 from ssrl.data.loader import CropBatches, View  # noqa: E402
 from ssrl.data.stores import WaveStore, build_wave_store  # noqa: E402
 from ssrl.models.frontend import Frontend  # noqa: E402
-from ssrl.training.runtime import Dist  # noqa: E402
+from ssrl.runtime import Dist  # noqa: E402
 
 SR = 16000
 
@@ -50,19 +51,6 @@ def synthetic_store(folder: Path, n_utts: int, rng: np.random.Generator) -> Wave
     (data / "wav.scp").write_text("".join(lines))
     build_wave_store(read_kaldi_dir(data), folder / "store", progress=False)
     return WaveStore(folder / "store")
-
-
-def synthetic_augmenter(rng: np.random.Generator, cls: type[Augmenter] = Augmenter
-                        ) -> Augmenter:
-    """Random noise / music / babble sources and decaying-noise RIRs (in memory), as an
-    Augmenter (or a subclass `cls`) drawing as the SSRL defaults do."""
-    cats = ["noise", "music", "speech"] * 4
-    noise = ArraySource([(rng.standard_normal(5 * SR) * 0.1).astype(np.float32) for _ in cats],
-                        cats)
-    decay = np.exp(-np.arange(SR // 4) / (0.05 * SR))
-    rirs = ArraySource([(rng.standard_normal(len(decay)) * decay).astype(np.float32)
-                        for _ in range(4)])
-    return cls(noise, rirs, p_reverb=1 / 3, p_noise=1 / 3)
 
 
 def time_epoch(batches: CropBatches, device: torch.device) -> float:

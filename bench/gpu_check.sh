@@ -85,18 +85,19 @@ env_report() {
     echo "$(nproc) CPU cores"
     "$PY" - <<'EOF'
 import faiss, torch
-from ssrl.training.clustering import _faiss_gpu
+from ssrl.training.kmeans import faiss_gpu_available
 cuda = torch.cuda.is_available()
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"device {torch.cuda.get_device_name(0) if cuda else 'none (CPU)'}, "
-      f"faiss {faiss.__version__} ({'GPU' if _faiss_gpu() else 'CPU only: k-means uses torch CUDA'})")
+      f"faiss {faiss.__version__} ({'GPU' if faiss_gpu_available() else 'CPU only: k-means uses torch CUDA'})")
 EOF
 }
 
 workflow() {  # the smoke workflow in a copy of the workflow files under OUT/workflow
     local dir="$OUT/workflow"
     rm -rf "$dir" && mkdir -p "$dir"
-    cp -r "$REPO/Snakefile" "$REPO/workflow" "$REPO/config.yaml" "$REPO/config" "$REPO/envs" "$dir/"
+    # -L: workflow/schemas/config.schema.yaml links into ssrl/schema/ (copy the file itself)
+    cp -rL "$REPO/Snakefile" "$REPO/workflow" "$REPO/config.yaml" "$REPO/config" "$REPO/envs" "$dir/"
     cd "$dir" && "$BIN/snakemake" --cores all --configfile config/smoke.yaml "$@"
 }
 

@@ -12,53 +12,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import TrialSet, bootstrap_intervals, synthetic_trials  # noqa: E402
+
 from ssrl.evaluation.bootstrap import (  # noqa: E402
     SortedTrials,
-    interval,
     replicate_metrics,
     trial_resamples,
 )
 from ssrl.evaluation.metrics import evaluate  # noqa: E402
 from ssrl.evaluation.scoring import cosine_scores  # noqa: E402
-
-UTTS_PER_SPEAKER = 116  # VoxCeleb1: 153,516 utterances of 1,251 speakers
-
-
-@dataclass
-class TrialSet:
-    """Synthetic embeddings and a trial list over them (half target trials, as VoxCeleb1-E)."""
-
-    utt_ids: list[str]
-    emb: np.ndarray
-    enroll: list[str]
-    test: list[str]
-    labels: np.ndarray
-    utt2spk: dict[str, str]
-
-
-def synthetic_trials(utts: int, dim: int, trials: int, seed: int) -> TrialSet:
-    rng = np.random.default_rng(seed)
-    n_spk = max(2, round(utts / UTTS_PER_SPEAKER))
-    spk = rng.integers(0, n_spk, utts)
-    centres = rng.normal(size=(n_spk, dim)).astype(np.float32)
-    emb = centres[spk] + rng.normal(scale=3.0, size=(utts, dim)).astype(np.float32)
-    utt_ids = [f"id{s:05d}/utt{i:06d}.wav" for i, s in enumerate(spk)]
-    # the test utterance of a target trial is drawn from the enrolment utterance's speaker
-    by_spk = np.argsort(spk, kind="stable")
-    first = np.r_[0, np.cumsum(np.bincount(spk, minlength=n_spk))[:-1]]
-    count = np.bincount(spk, minlength=n_spk)
-    ie = rng.integers(0, utts, trials)
-    same = by_spk[first[spk[ie]] + (rng.random(trials) * count[spk[ie]]).astype(np.int64)]
-    it = np.where(rng.random(trials) < 0.5, same, rng.integers(0, utts, trials))
-    return TrialSet(utt_ids, emb, [utt_ids[i] for i in ie], [utt_ids[i] for i in it],
-                    spk[ie] == spk[it], {u: u.split("/")[0] for u in utt_ids})
 
 
 def naive_scores(utt_ids: list[str], emb: np.ndarray, enroll: list[str],
@@ -70,15 +38,6 @@ def naive_scores(utt_ids: list[str], emb: np.ndarray, enroll: list[str],
         a, b = table[e], table[t]
         out.append(float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))))
     return out
-
-
-def bootstrap_intervals(t: TrialSet, scores: np.ndarray, replicates: int,
-                        threads: int) -> dict[str, tuple[float, float]]:
-    """95 % intervals of EER and minDCF from `replicates` speaker resamples, as `score_lists`
-    computes them (draw the replicates, sort once, every replicate's metrics, percentiles)."""
-    resamples, ue, ut, _ = trial_resamples(t.enroll, t.test, t.utt2spk, replicates, seed=0)
-    boot = replicate_metrics(SortedTrials(scores, t.labels, ue, ut), resamples, threads)
-    return {k: interval(v) for k, v in boot.items()}
 
 
 def naive_replicates(t: TrialSet, scores: np.ndarray, replicates: int) -> list[float]:

@@ -33,13 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import synthetic_augmenter  # noqa: E402
+
 from ssrl.config import load_config  # noqa: E402
-from ssrl.data.augment import ArraySource, Augmenter  # noqa: E402
+from ssrl.data.augment import Augmenter  # noqa: E402
 from ssrl.data.stores import MemoryWaves  # noqa: E402
 from ssrl.models.encoders import build_encoder, count_parameters  # noqa: E402
+from ssrl.runtime import Dist  # noqa: E402
 from ssrl.training.dino import build_dino_run, dino_step  # noqa: E402
-from ssrl.training.runtime import Dist  # noqa: E402
-from ssrl.training.ssrl import build_run, ssrl_step  # noqa: E402
+from ssrl.training.ssrl import build_ssrl_run, ssrl_step  # noqa: E402
 
 SR = 16000
 PHASES = ("data", "teacher", "student", "optim", "ema")
@@ -54,14 +56,7 @@ def synthetic_sources(rng: np.random.Generator, n_utts: int, seconds: float
     RIRs (the shapes, not the content, are what is measured)."""
     utts = [(rng.standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
             for _ in range(n_utts)]
-    cats = ["noise", "music", "speech"] * 4
-    noise = ArraySource([(rng.standard_normal(5 * SR) * 0.1).astype(np.float32) for _ in cats],
-                        cats)
-    decay = np.exp(-np.arange(SR // 4) / (0.05 * SR))  # 250 ms RIRs, 50 ms decay constant
-    rirs = ArraySource([(rng.standard_normal(len(decay)) * decay).astype(np.float32)
-                        for _ in range(4)])
-    return (MemoryWaves([f"u{i}" for i in range(n_utts)], utts),
-            Augmenter(noise, rirs, p_reverb=1 / 3, p_noise=1 / 3))
+    return MemoryWaves([f"u{i}" for i in range(n_utts)], utts), synthetic_augmenter(rng)
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -130,8 +125,8 @@ def make_ssrl(cfg: dict, store: MemoryWaves, augmenter: Augmenter, classes: int,
     labels = rng.integers(0, classes, len(store))
     centroids = rng.standard_normal((classes, 512)).astype(np.float32)
     embed_dim = build_encoder({**cfg["model"], "n_mels": 80}).embed_dim
-    run = build_run(cfg, cfg["ssrl"], store, augmenter, labels, centroids[:, :embed_dim],
-                    epochs=1, relabel=True, init_encoder=None, device=device, d=Dist())
+    run = build_ssrl_run(cfg, store, augmenter, labels, centroids[:, :embed_dim], epochs=1,
+                         init_encoder=None, device=device, d=Dist())
     return run, ssrl_step
 
 

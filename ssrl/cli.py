@@ -48,12 +48,12 @@ def _opt(p: str | None) -> Path | None:
 def _tracker(cfg: dict, out: Path, fingerprint: str | None = None):
     """The MLflow run of a workflow job (`cfg["job"]` names it); a no-op tracker for the other
     `torchrun` processes and for commands run without a job config."""
-    from ssrl.tracking.mlflow_run import NullTracker, Tracker, resolve_tracking_uri
-    from ssrl.training.runtime import Dist
+    from ssrl.runtime import Dist
+    from ssrl.tracking.mlflow_run import NULL_TRACKER, Tracker, resolve_tracking_uri
 
     job = cfg.get("job")
     if not job or not Dist.from_env().main:
-        return NullTracker()
+        return NULL_TRACKER
     uri = resolve_tracking_uri(job.get("tracking_uri"), Path(job["results_dir"]))
     tags = {k: job[k] for k in ("stage", "variant", "seed", "dataset", "uses_labels")
             if job.get(k) is not None}
@@ -118,10 +118,12 @@ def _train(a: argparse.Namespace, fn) -> None:
     cfg, out = _job(a.job), Path(a.out)
     inputs = Inputs(Path(a.train), _opt(a.noise), _opt(a.rir), _opt(getattr(a, "dev", None)),
                     _opt(getattr(a, "init", None)), _opt(getattr(a, "labels", None)))
+    from ssrl.report.plots import plot_history
+
     with _tracker(cfg, out, inputs.fingerprint(cfg)) as tracker:
         if a.job:
             tracker.log_artifact(a.job, "config")  # the requested config; params: what ran
-        fn(cfg, inputs, out, tracker)
+        fn(cfg, inputs, out, tracker, plot_history)
     log.info("%s finished", cfg.get("job", {}).get("name", a.cmd))
 
 
@@ -138,22 +140,23 @@ def cmd_ssrl(a: argparse.Namespace) -> None:
 
 
 def cmd_iterative(a: argparse.Namespace) -> None:
-    from ssrl.training.ssrl import train_iterative_round
+    from ssrl.training.classifier import train_iterative_round
 
     _train(a, train_iterative_round)
 
 
 def cmd_supervised(a: argparse.Namespace) -> None:
-    from ssrl.training.ssrl import train_supervised
+    from ssrl.training.classifier import train_supervised
 
     _train(a, train_supervised)
 
 
 def cmd_cluster(a: argparse.Namespace) -> None:
+    from ssrl.runtime import Dist
     from ssrl.training.clustering import cluster_stage
-    from ssrl.training.runtime import Dist
 
-    quality = cluster_stage(_job(a.job), Path(a.model), Path(a.train), Path(a.out))
+    quality = cluster_stage(_job(a.job), Path(a.model), Path(a.train), Path(a.out),
+                            progress=progress_bars())
     log.info("k-means: %s", quality)
     if a.run_dir and (Dist.from_env().main):
         from ssrl.tracking.mlflow_run import annotate_run
@@ -190,7 +193,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from ssrl.evaluation.embed import check_feats_frontend, embed_feats, embed_waves
     from ssrl.evaluation.scoring import check_finite, embeddings_format, save_embeddings
     from ssrl.models.model_file import load_encoder
-    from ssrl.training.runtime import init_runtime
+    from ssrl.runtime import init_runtime
 
     embeddings_format(a.out)  # a wrong output name fails now, not after the work
     segment = _setting(a.segment_seconds, _job(a.job), "segment_seconds", 180.0)
@@ -305,7 +308,7 @@ def cmd_mlflow_ui(a: argparse.Namespace) -> None:
         raise InputError(f"MLflow is not installed for {sys.executable}; use the project's "
                          "environment (`make venv`, then `.venv/bin/python -m ssrl mlflow-ui`)"
                          ) from None
-    from ssrl.tracking.mlflow_run import install_views, relocate_artifacts
+    from ssrl.tracking.mlflow_store import install_views, relocate_artifacts
 
     _check_port_free(a.host, a.port)  # else the server fails after start-up and exits 0
     db = Path(a.results) / "mlflow.db"
@@ -359,12 +362,8 @@ def cmd_tables(a: argparse.Namespace) -> None:
     cumulative compute, gap closed) and each sweep's parent run its summary (the table, every
     child's test EER, the best child)."""
     from ssrl.report.tables import write_tables
-    from ssrl.tracking.mlflow_run import (
-        annotate_run,
-        install_views,
-        resolve_tracking_uri,
-        summarize_sweep,
-    )
+    from ssrl.tracking.mlflow_run import annotate_run, resolve_tracking_uri, summarize_sweep
+    from ssrl.tracking.mlflow_store import install_views
 
     cfg, out = _job(a.job), Path(a.out_dir)
     summary = write_tables(cfg, Path(a.root), out, a.threads)

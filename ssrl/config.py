@@ -17,7 +17,9 @@ import yaml
 from ssrl.files import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: The JSON schema of a config, shipped inside the package (package data); the workflow's
+#: `workflow/schemas/config.schema.yaml` is a link to it, so Snakemake validates the same file.
+SCHEMA = Path(__file__).resolve().parent / "schema" / "config.schema.yaml"
 
 
 def _with_defaults(validator_class):

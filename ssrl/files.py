@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -253,6 +254,16 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
             raise OSError(0, "write failed: " + text[:200]) from None
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks: the one digest of a file that stores,
+    input digests and checkpoint fingerprints all compare."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -311,14 +322,20 @@ def read_table(path: str | os.PathLike, ncols: int | None = 2,
     return rows
 
 
+def read_keyed(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, int]]:
+    """Read a two-column Kaldi map (`key value`) and each key's line number; a duplicate key
+    is an InputError naming both lines."""
+    values: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for lineno, (key, value) in read_table(path, ncols=2):
+        if key in values:
+            raise InputError(
+                f"{path}:{lineno}: duplicate utterance id {key!r} (first on line {lines[key]})")
+        values[key] = value
+        lines[key] = lineno
+    return values, lines
+
+
 def read_map(path: str | os.PathLike) -> dict[str, str]:
     """Read a two-column Kaldi map (`key value`), rejecting duplicate keys."""
-    out: dict[str, str] = {}
-    first: dict[str, int] = {}
-    for lineno, (key, value) in read_table(path, ncols=2):
-        if key in out:
-            raise InputError(
-                f"{path}:{lineno}: duplicate utterance id {key!r} (first on line {first[key]})")
-        out[key] = value
-        first[key] = lineno
-    return out
+    return read_keyed(path)[0]

@@ -1,18 +1,14 @@
-"""k-means, clustering-quality metrics and Sinkhorn balancing."""
+"""k-means (ssrl.training.kmeans), clustering-quality metrics (ssrl.evaluation.label_quality)
+and Sinkhorn balancing (ssrl.training.sinkhorn)."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ssrl.training.clustering import (
-    _reseed_empty,
-    _torch_nearest,
-    assign,
-    cluster_quality,
-    kmeans,
-    sinkhorn,
-)
+from ssrl.evaluation.label_quality import cluster_quality
+from ssrl.training.kmeans import _reseed_empty, _torch_nearest, assign, kmeans
+from ssrl.training.sinkhorn import sinkhorn
 
 # 8 points. Contingency (classes a, b, c x clusters 1, 2):
 #   a: 3 2 / b: 2 0 / c: 0 1

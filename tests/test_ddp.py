@@ -256,7 +256,7 @@ def test_two_processes_killed_mid_epoch_resume_bit_exactly(stage, request):
     runs: Runs = request.getfixturevalue(stage)
     epoch, step = runs.killed_at
     log = (runs.tmp / "resume.log").read_text()
-    assert f"resuming {'DINO ' if stage == 'dino' else ''}at epoch {epoch} step {step}" in log
+    assert f"resuming {'DINO' if stage == 'dino' else 'ssrl'} at epoch {epoch} step {step}" in log
     assert "2 processes" in log  # the world size, in the job's log
     e2, ec = load(runs.two / "model.pt")["encoder"], load(runs.cut / "model.pt")["encoder"]
     assert list(e2) == list(ec)

@@ -125,7 +125,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(stage, smoke_run, tmp
            tmp_path / "resume.log")
     finish(ref_proc, tmp_path / "ref.log")
 
-    assert f"resuming {'DINO ' if stage == 'dino' else ''}at epoch {epoch} step {step}" in (
+    assert f"resuming {'DINO' if stage == 'dino' else 'ssrl'} at epoch {epoch} step {step}" in (
         tmp_path / "resume.log").read_text()
     assert_same_encoder(ref / "model.pt", cut / "model.pt")
     history = [json.loads((d / "history.json").read_text()) for d in (ref, cut)]

@@ -17,14 +17,15 @@ from torch import nn
 from ssrl.config import load_config
 from ssrl.data.augment import Augmenter
 from ssrl.data.stores import MemoryWaves
+from ssrl.runtime import Dist
+from ssrl.training.classifier import ClassifierConfig, SpeakerClassifier, build_fixed_label_run
+from ssrl.training.loop import run_epoch
 from ssrl.training.optim import momentum_from_lag, teacher_momentum
-from ssrl.training.runtime import Dist
 from ssrl.training.ssrl import (
     LabelState,
-    SpeakerClassifier,
-    build_run,
+    assign_labels,
+    build_ssrl_run,
     record_from_epoch,
-    relabel,
     ssrl_step,
     teacher_logits,
 )
@@ -82,8 +83,8 @@ def test_removed_clusters_are_never_chosen():
     active = torch.tensor([True, False, True])
     logits = teacher_logits(head, _at(0.1, 0.05), torch.tensor([0, 2]), active, "margin")
     assert torch.isinf(logits[:, 1]).all()
-    assert (relabel(logits, active, False) != 1).all()
-    assert (relabel(logits, active, True, "probs") != 1).all()
+    assert (assign_labels(logits, active, False) != 1).all()
+    assert (assign_labels(logits, active, True, "probs") != 1).all()
 
 
 # --- (b) what the noisy-label GMM scores ------------------------------------------------------
@@ -118,10 +119,9 @@ def _tiny_run(nlm_label: str, relabel_mode: str = "margin"):
                         "hold_epochs": 1, "relabel": relabel_mode, "nlm_label": nlm_label})
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     centroids = rng.standard_normal((3, 8)).astype(np.float32)
-    return build_run(cfg, cfg["ssrl"], MemoryWaves([f"u{i}" for i in range(8)], waves),
-                     Augmenter(None, None, p_reverb=0.0, p_noise=0.0), labels, centroids,
-                     epochs=2, relabel=True,
-                     init_encoder=None, device=torch.device("cpu"), d=Dist())
+    return build_ssrl_run(cfg, MemoryWaves([f"u{i}" for i in range(8)], waves),
+                          Augmenter(None, None, p_reverb=0.0, p_noise=0.0), labels, centroids,
+                          epochs=2, init_encoder=None, device=torch.device("cpu"), d=Dist())
 
 
 @pytest.mark.parametrize("nlm_label", ["next", "current"])
@@ -163,16 +163,16 @@ def test_recording_starts_queue_len_over_two_plus_one_epochs_before_the_first_up
 def test_sinkhorn_balances_probabilities_as_the_authors_do():
     """The authors balance exp(softmax(logits) / 0.05), not exp(logits / 0.05): two different
     assignments of the same batch, both more balanced than the plain argmax."""
-    from ssrl.training.clustering import sinkhorn
+    from ssrl.training.sinkhorn import sinkhorn
 
     logits = 32 * torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
     active = torch.ones(4, dtype=torch.bool)
-    probs = relabel(logits, active, True, "probs")
-    raw = relabel(logits, active, True, "logits")
+    probs = assign_labels(logits, active, True, "probs")
+    raw = assign_labels(logits, active, True, "logits")
     assert probs.tolist() == sinkhorn(F.softmax(logits, dim=1), active=active).argmax(1).tolist()
     assert raw.tolist() == sinkhorn(logits, active=active).argmax(1).tolist()
     assert probs.tolist() != raw.tolist()
-    plain = relabel(logits, active, False)
+    plain = assign_labels(logits, active, False)
     assert plain.tolist() == logits.argmax(1).tolist()
     for balanced in (probs, raw):
         assert np.bincount(balanced, minlength=4).max() < np.bincount(plain, minlength=4).max()
@@ -209,8 +209,7 @@ def test_over_split_clusters_merge_and_pseudo_labels_improve():
     """Four speakers, each split into two clusters (12 + 4 utterances): a few SSRL epochs with
     the built-in default's relabelling must remove clusters and raise NMI toward 1."""
     from ssrl.evaluation.embed import embed_waves
-    from ssrl.training.clustering import cluster_quality
-    from ssrl.training.ssrl import end_of_epoch, train_one_epoch
+    from ssrl.evaluation.label_quality import cluster_quality
 
     rng = np.random.default_rng(0)
     store = _tone_speakers(rng)
@@ -228,11 +227,13 @@ def test_over_split_clusters_merge_and_pseudo_labels_improve():
     cpu = torch.device("cpu")
     # A speaker-discriminative start, as DINO gives: a few epochs on the true speakers.
     true = np.repeat(np.arange(4), 16)
-    start = build_run(cfg, cfg["ssrl"], store, quiet, true,
-                      rng.standard_normal((4, 16)).astype(np.float32), epochs=20,
-                      relabel=False, init_encoder=None, device=cpu, d=Dist())
+    start = build_fixed_label_run(cfg, ClassifierConfig.from_section(cfg["ssrl"], strict=False),
+                                  store, quiet, true,
+                                  rng.standard_normal((4, 16)).astype(np.float32),
+                                  name="iterative", epochs=20, init_encoder=None, device=cpu,
+                                  d=Dist())
     for epoch in range(20):
-        train_one_epoch(start, epoch, 0, [], lambda *a: None)
+        run_epoch(start, epoch, 0, [])
     encoder = start.student.encoder.eval()
     emb = embed_waves(encoder, start.frontend, store, cpu)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -241,13 +242,12 @@ def test_over_split_clusters_merge_and_pseudo_labels_improve():
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     nmi0 = cluster_quality(store.spk, over)["nmi"]
 
-    run = build_run(cfg, cfg["ssrl"], store, quiet, over, centroids.astype(np.float32),
-                    epochs=12, relabel=True, init_encoder=encoder.state_dict(), device=cpu,
-                    d=Dist())
+    run = build_ssrl_run(cfg, store, quiet, over, centroids.astype(np.float32), epochs=12,
+                         init_encoder=encoder.state_dict(), device=cpu, d=Dist())
     rows = []
     for epoch in range(12):
-        train_one_epoch(run, epoch, 0, [], lambda *a: None)
-        rows.append(end_of_epoch(run, epoch))
+        run_epoch(run, epoch, 0, [])
+        rows.append(run.end_of_epoch(epoch))
     counts = [r["n_clusters"] for r in rows]
     assert counts == sorted(counts, reverse=True)  # clusters are only ever removed
     assert counts[-1] <= 6, counts

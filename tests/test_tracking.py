@@ -331,7 +331,7 @@ def test_artifacts_survive_moving_the_results_folder(tmp_path):
     `relocate_artifacts` (run by `python -m ssrl mlflow-ui`) points them at the new place."""
     import shutil
 
-    from ssrl.tracking.mlflow_run import relocate_artifacts
+    from ssrl.tracking.mlflow_store import relocate_artifacts
 
     old = tmp_path / "results"
     artifact = tmp_path / "table.md"

@@ -3,6 +3,7 @@ noisy-label weighting, and short real runs on a tiny built-in corpus."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,21 +12,21 @@ import torch
 from conftest import tiny_corpus
 from torch import nn
 
-from ssrl.config import load_config
+from ssrl.config import CLASSIFIER_KEYS, load_config
 from ssrl.data.stores import WaveStore
+from ssrl.files import InputError
 from ssrl.models.heads import AAMSoftmax
-from ssrl.training.dino import dino_loss, train_dino, updated_center
+from ssrl.training.classifier import (
+    ClassifierConfig,
+    SpeakerClassifier,
+    lr_schedule,
+    weighted_loss,
+)
+from ssrl.training.dino import DINOLoss, train_dino
 from ssrl.training.ema import ema_update, frozen_copy
 from ssrl.training.job import Inputs
 from ssrl.training.optim import cosine_schedule, linear_schedule
-from ssrl.training.ssrl import (
-    LabelState,
-    SpeakerClassifier,
-    lr_schedule,
-    refresh_labels,
-    train_ssrl,
-    weighted_loss,
-)
+from ssrl.training.ssrl import LabelState, refresh_labels, train_ssrl
 
 # --- DINO -----------------------------------------------------------------------------------
 
@@ -46,15 +47,25 @@ def test_dino_loss_matches_hand_computation():
     pairs = [(i, j) for i in range(2) for j in range(3) if i != j]
     expected = np.mean([-(pt[i] * ls[j]).sum() for i, j in pairs])
     assert len(pairs) == 4  # 2 teacher crops x 3 student crops, minus the 2 identical ones
-    assert dino_loss(s, t, center, st, tt).item() == pytest.approx(expected, rel=1e-6)
+    loss = DINOLoss(3, student_temp=st, teacher_temp=tt, center_momentum=0.9)
+    loss.load_state_dict({"center": center})
+    assert loss(s, t).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_center_is_an_ema_of_teacher_batch_means():
-    center = torch.zeros(1, 2)
+def test_dino_center_is_a_buffer_and_an_ema_of_teacher_batch_means():
+    loss = DINOLoss(2, student_temp=0.1, teacher_temp=0.04, center_momentum=0.9)
+    assert list(loss.state_dict()) == ["center"]  # saved with a checkpoint, no parameter
+    assert not list(loss.parameters()) and loss.center.tolist() == [[0.0, 0.0]]
     out = [torch.tensor([[1.0, 3.0], [3.0, 5.0]]), torch.tensor([[2.0, 4.0], [2.0, 4.0]])]
-    new = updated_center(center, out, momentum=0.9)
-    assert torch.allclose(new, torch.tensor([[0.2, 0.4]]))  # 0.1 * batch mean (2, 4)
-    assert torch.allclose(updated_center(new, out, 0.9), 0.9 * new + 0.1 * torch.tensor([2., 4.]))
+    loss.update_center(out)  # batch mean over both crops: (2, 4)
+    assert torch.allclose(loss.center, torch.tensor([[0.2, 0.4]]))  # 0.9 * 0 + 0.1 * (2, 4)
+    loss.update_center([torch.tensor([[12.0, -6.0]])])  # batch mean (12, -6)
+    # 0.9 * (0.2, 0.4) + 0.1 * (12, -6) = (1.38, -0.24), by hand
+    assert torch.allclose(loss.center, torch.tensor([[1.38, -0.24]]))
+    assert torch.equal(loss.state_dict()["center"], loss.center)
+    again = DINOLoss(2, 0.1, 0.04, 0.9)
+    again.load_state_dict(loss.state_dict())  # a resumed job continues from the same centre
+    assert torch.equal(again.center, loss.center)
 
 
 def test_ema_update_moves_parameters_and_batchnorm_statistics():
@@ -102,11 +113,32 @@ def test_schedules_endpoints():
     lr = cosine_schedule(0.25, 1e-5, 100, warmup_steps=10)
     assert lr[0] == 0.0 and lr[10] == pytest.approx(0.25)
     assert lr[-1] == pytest.approx(1e-5, abs=1e-4) and np.all(np.diff(lr[10:]) <= 0)
-    c = {"warm_epochs": 5, "warm_lr": 1e-4, "lr": 5e-4, "min_lr": 1e-5}
+    c = _classifier_config(warm_epochs=5, warm_lr=1e-4, lr=5e-4, min_lr=1e-5)
     two = lr_schedule(c, epochs=105, steps=10)
     assert len(two) == 1050
     assert two[0] == pytest.approx(1e-4) and two[50] == pytest.approx(5e-4)  # restart at epoch 5
     assert two[49] < 2e-5
+
+
+def _classifier_config(**values) -> ClassifierConfig:
+    ssrl = load_config()["ssrl"]
+    return ClassifierConfig.from_section({k: ssrl[k] for k in CLASSIFIER_KEYS} | values)
+
+
+def test_classifier_config_is_typed_and_refuses_keys_it_does_not_read():
+    ssrl = load_config()["ssrl"]
+    classifier = {k: ssrl[k] for k in CLASSIFIER_KEYS}  # what a round's job config holds
+    c = ClassifierConfig.from_section(classifier)
+    assert c.epochs == ssrl["epochs"] and c.margin == ssrl["margin"]
+    assert tuple(f for f in c.as_dict()) == CLASSIFIER_KEYS  # one list, in config.py's order
+    with pytest.raises(InputError, match="queue_len: not read by a classifier training"):
+        ClassifierConfig.from_section({**classifier, "queue_len": 5})
+    with pytest.raises(InputError, match="missing margin"):
+        ClassifierConfig.from_section({k: v for k, v in classifier.items() if k != "margin"})
+    # SSRL's own section holds more keys; it reads the classifier's part of it
+    assert ClassifierConfig.from_section(ssrl, strict=False) == c
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.lr = 1.0  # type: ignore[misc]
 
 
 # --- SSRL mechanisms ------------------------------------------------------------------------

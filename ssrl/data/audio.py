@@ -39,6 +39,16 @@ class AudioError(InputError):
         self.reason = reason
 
 
+#: int16 full scale: samples are stored as round(x * 32768), clipped to [-32768, 32767].
+INT16_SCALE = 32768.0
+
+
+def to_int16(wave: np.ndarray) -> np.ndarray:
+    """Quantise float samples in [-1, 1] to little-endian int16 (x * 32768, rounded and
+    clipped): the one quantisation of the wave store (and of the benchmarks' synthetic audio)."""
+    return np.clip(np.rint(wave * INT16_SCALE), -32768, 32767).astype("<i2")
+
+
 def _decode_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
     """Decode through ffmpeg straight to mono s16le at `sample_rate` (it mixes and resamples)."""
     import imageio_ffmpeg

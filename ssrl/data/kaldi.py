@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrl.files import InputError, read_table
+from ssrl.files import InputError, read_keyed, read_table
 
 log = logging.getLogger("ssrl.data")
 
@@ -77,19 +77,6 @@ class Trials:
                       None if self.labels is None else self.labels[keep])
 
 
-def _read_keyed(path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Read a two-column map keeping line numbers; duplicate keys are an error."""
-    values: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for lineno, (key, value) in read_table(path, ncols=2):
-        if key in values:
-            raise InputError(
-                f"{path}:{lineno}: duplicate utterance id {key!r} (first on line {lines[key]})")
-        values[key] = value
-        lines[key] = lineno
-    return values, lines
-
-
 def trial_name(file: Path) -> str | None:
     """Name of the trial list stored in `file` (`trials` -> "trials", `trials_O` -> "O")."""
     if file.name == "trials":
@@ -133,7 +120,7 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
     scp = folder / "wav.scp"
     if not scp.is_file():
         raise InputError(f"{scp}: file not found (every data folder needs a wav.scp)")
-    raw, lines = _read_keyed(scp)
+    raw, lines = read_keyed(scp)
     if not raw:  # an empty set is legal (no noise or RIR set); its users check what they need
         log.warning("%s: no utterances listed (an empty set)", scp)
 
@@ -141,7 +128,7 @@ def read_kaldi_dir(path: str | os.PathLike, check_files: bool = True) -> KaldiDi
         file = folder / name
         if not file.is_file():
             return None
-        values, map_lines = _read_keyed(file)
+        values, map_lines = read_keyed(file)
         for utt, lineno in map_lines.items():
             if utt not in raw:
                 raise InputError(f"{file}:{lineno}: unknown utterance {utt!r} (not in wav.scp)")
@@ -193,7 +180,7 @@ def read_audio_source(path: str | os.PathLike) -> KaldiDir:
     if path.is_file():
         if path.name == "wav.scp":
             return read_kaldi_dir(path.parent)
-        raw, lines = _read_keyed(path)
+        raw, lines = read_keyed(path)
         if not raw:
             raise InputError(f"{path}: no utterances listed")
         wavs = _audio_paths(raw, path.parent, lambda u: f"{path}:{lines[u]}", True)

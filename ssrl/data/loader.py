@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssrl.data.audio import SAMPLE_RATE
 from ssrl.data.augment import Augmenter, AugPlan
 from ssrl.data.stores import WaveStore
-from ssrl.training.runtime import Dist
+from ssrl.runtime import Dist
 
 
 def batches_per_epoch(n_items: int, batch_size: int, steps: int | None) -> int:

@@ -29,21 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from ssrl.data.kaldi import UTT_MAPS, find_trial_lists
-from ssrl.files import InputError, read_table, write_text
+from ssrl.files import InputError, read_table, sha256_file, write_text
 
 log = logging.getLogger("ssrl.data")
 
 #: Threads hashing audio files (I/O bound; hashlib releases the GIL on large buffers).
 HASH_THREADS = 8
 _Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stat(path: str) -> _Stat | None:

@@ -25,19 +25,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssrl.data.audio import FFMPEG_BATCH, SAMPLE_RATE, AudioError, load_audio, load_audio_many
+from ssrl.data.audio import (
+    FFMPEG_BATCH,
+    INT16_SCALE,
+    SAMPLE_RATE,
+    AudioError,
+    load_audio,
+    load_audio_many,
+    to_int16,
+)
 from ssrl.data.kaldi import KaldiDir, read_audio_source, read_trials, trial_rows
-from ssrl.files import InputError, atomic_dir, read_json, save_npz, write_json, write_table
+from ssrl.files import (
+    InputError,
+    atomic_dir,
+    read_json,
+    save_npz,
+    sha256_file,
+    write_json,
+    write_table,
+)
 
 log = logging.getLogger("ssrl.data")
-
-INT16_SCALE = 32768.0
-
-
-def _to_int16(wave: np.ndarray) -> np.ndarray:
-    """Quantise float samples in [-1, 1] to int16 (x * 32768, rounded and clipped)."""
-    return np.clip(np.rint(wave * INT16_SCALE), -32768, 32767).astype("<i2")
-
 
 def _fit_int16(wave: np.ndarray) -> tuple[np.ndarray, bool]:
     """A float wave scaled into [-1, 1] when it exceeds it (float WAVs may), and whether it was.
@@ -48,14 +56,6 @@ def _fit_int16(wave: np.ndarray) -> tuple[np.ndarray, bool]:
     if peak <= 1.0:
         return wave, False
     return wave / peak, True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_index(file: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -101,7 +101,7 @@ def _decode_chunk(paths: list[Path]) -> list[_Decoded]:
             out.append(_Decoded(None, wave.reason))
             continue
         wave, scaled = _fit_int16(wave)
-        out.append(_Decoded(_to_int16(wave), rescaled=scaled))
+        out.append(_Decoded(to_int16(wave), rescaled=scaled))
     return out
 
 
@@ -172,7 +172,7 @@ class _ShardWriter:
             self._file.close()
             self._file = None
             self._sizes.append(self._filled)
-            self._digests.append(self._hashing.submit(_sha256, self.folder / self._names[-1]))
+            self._digests.append(self._hashing.submit(sha256_file, self.folder / self._names[-1]))
             self._filled = 0
 
     def finish(self) -> list[dict[str, Any]]:
@@ -285,7 +285,7 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
         # meta.json identifies the store's whole content (a job's fingerprint digests it):
         # the shards above, the utterance ids and the trial lists
         meta["utt_ids_sha256"] = hashlib.sha256("\n".join(utt_ids).encode()).hexdigest()
-        meta["trials_sha256"] = {name: _sha256(tmp / "trials" / name) for name in trials_meta}
+        meta["trials_sha256"] = {name: sha256_file(tmp / "trials" / name) for name in trials_meta}
         write_json(tmp / "meta.json", meta)
     return report
 
@@ -369,7 +369,7 @@ class WaveStore(_Utterances):
             if file.stat().st_size != 2 * shard["n_samples"]:
                 raise InputError(f"{file}: shard has {file.stat().st_size} bytes, expected "
                                  f"{2 * shard['n_samples']} (truncated or changed)")
-            if verify and _sha256(file) != shard["sha256"]:
+            if verify and sha256_file(file) != shard["sha256"]:
                 raise InputError(f"{file}: checksum mismatch (the store is corrupt or was "
                                  "changed after it was built; rebuild it)")
 

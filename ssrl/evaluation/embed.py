@@ -26,7 +26,7 @@ from ssrl.data.kaldi import read_trials
 from ssrl.evaluation.metrics import evaluate, metric_keys
 from ssrl.evaluation.scoring import cosine_scores
 from ssrl.files import InputError
-from ssrl.training.runtime import Dist, autocast
+from ssrl.runtime import Dist, autocast
 
 SEGMENT_SECONDS = 180.0
 FRAMES_PER_SECOND = 100  # 10 ms hop

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 import ssrl
-from ssrl.files import InputError, save_torch
-from ssrl.training.runtime import Dist
+from ssrl.files import InputError, save_torch, sha256_file
+from ssrl.runtime import Dist
 
 log = logging.getLogger("ssrl.train")
 
@@ -42,14 +42,6 @@ TRAINING_CODE_VERSION = 2
 RESULT_RUNTIME_KEYS = ("bf16", "compile")
 
 
-def _digest_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def input_identity(path: str | os.PathLike | None) -> str:
     """What identifies an input: a store folder by its meta.json (which lists every shard's
     sha256), a file by its bytes; "none" when there is no such input."""
@@ -58,10 +50,10 @@ def input_identity(path: str | os.PathLike | None) -> str:
     path = Path(path)
     if path.is_dir():
         meta = path / "meta.json"
-        return _digest_file(meta) if meta.is_file() else f"folder:{path.resolve()}"
+        return sha256_file(meta) if meta.is_file() else f"folder:{path.resolve()}"
     if not path.is_file():
         raise InputError(f"{path}: input not found")
-    return _digest_file(path)
+    return sha256_file(path)
 
 
 @functools.cache

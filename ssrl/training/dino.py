@@ -8,10 +8,6 @@ every other crop.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +22,7 @@ from ssrl.models.encoders import build_encoder
 from ssrl.models.frontend import Frontend
 from ssrl.models.heads import DINOHead
 from ssrl.models.model_file import save_model_file
-from ssrl.training.checkpoints import Checkpoints
-from ssrl.training.ema import ema_update, frozen_copy
-from ssrl.training.job import Inputs, Progress, compute_record, effective_params, write_records
-from ssrl.training.optim import (
-    cosine_schedule,
-    param_groups,
-    scaled_lr,
-    set_lr,
-    teacher_momentum,
-)
-from ssrl.training.runtime import (
+from ssrl.runtime import (
     Dist,
     all_reduce_mean,
     autocast,
@@ -47,8 +33,18 @@ from ssrl.training.runtime import (
     sync_batch_norm,
     unwrap,
 )
-
-log = logging.getLogger("ssrl.dino")
+from ssrl.tracking.mlflow_run import NULL_TRACKER, Tracking
+from ssrl.training.checkpoints import Checkpoints
+from ssrl.training.ema import ema_update, frozen_copy
+from ssrl.training.job import Inputs, PlotHistory, compute_record, effective_params, write_records
+from ssrl.training.loop import Phase, no_phase, train
+from ssrl.training.optim import (
+    cosine_schedule,
+    param_groups,
+    scaled_lr,
+    set_lr,
+    teacher_momentum,
+)
 
 
 class DINOModel(nn.Module):
@@ -62,39 +58,47 @@ class DINOModel(nn.Module):
         return self.head(self.encoder(feats))
 
 
-def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor],
-              center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
-    """Mean cross-entropy over all (teacher global crop i, student crop j ≠ i) pairs.
+class DINOLoss(nn.Module):
+    """DINO's cross-entropy and its centre, as facebookresearch/dino's `DINOLoss`.
 
-    `student_out[j]` and `teacher_out[i]` are `[B, K]` logits; the first len(teacher_out)
-    student crops are the same global crops the teacher saw.
+    The centre is a buffer (in `state_dict`, so a checkpoint carries it): an EMA, with
+    `center_momentum`, of the teacher's batch-mean outputs over the global batch. Subtracting it
+    before the teacher's sharp softmax keeps one prototype from taking every utterance.
     """
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
-    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
-    terms = [-(t * lp).sum(dim=-1).mean()
-             for i, t in enumerate(targets) for j, lp in enumerate(log_probs) if i != j]
-    return torch.stack(terms).mean()
 
+    center: torch.Tensor
 
-@torch.no_grad()
-def updated_center(center: torch.Tensor, teacher_out: list[torch.Tensor], momentum: float,
-                   d: Dist = Dist()) -> torch.Tensor:
-    """EMA of the teacher's batch-mean logits (averaged over all processes)."""
-    batch_mean = torch.cat(teacher_out).float().mean(dim=0, keepdim=True)
-    if d.world > 1:
-        torch.distributed.all_reduce(batch_mean)
-        batch_mean /= d.world
-    return center * momentum + batch_mean * (1 - momentum)
+    def __init__(self, out_dim: int, student_temp: float, teacher_temp: float,
+                 center_momentum: float):
+        super().__init__()
+        self.student_temp, self.teacher_temp = student_temp, teacher_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
 
+    def forward(self, student_out: list[torch.Tensor],
+                teacher_out: list[torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over all (teacher global crop i, student crop j != i) pairs.
 
-def no_phase(name: str) -> contextlib.AbstractContextManager:
-    """The default `DINORun.phase`: steps name their phases so a benchmark can time them."""
-    return contextlib.nullcontext()
+        `student_out[j]` and `teacher_out[i]` are `[B, K]` logits; the first len(teacher_out)
+        student crops are the same global crops the teacher saw.
+        """
+        targets = [F.softmax((t.float() - self.center) / self.teacher_temp, dim=-1).detach()
+                   for t in teacher_out]
+        log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
+        terms = [-(t * lp).sum(dim=-1).mean()
+                 for i, t in enumerate(targets) for j, lp in enumerate(log_probs) if i != j]
+        return torch.stack(terms).mean()
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: list[torch.Tensor], d: Dist = Dist()) -> None:
+        """center <- m * center + (1 - m) * the teacher's batch mean (averaged over processes)."""
+        batch_mean = all_reduce_mean(torch.cat(teacher_out).float().mean(dim=0, keepdim=True), d)
+        self.center = self.center * self.center_momentum + batch_mean * (1 - self.center_momentum)
 
 
 @dataclass
 class DINORun:
-    """What DINO holds while it trains (the loop's working set)."""
+    """What DINO holds while it trains: the loop's `Method` (ssrl.training.loop)."""
 
     cfg: dict
     device: torch.device
@@ -103,12 +107,34 @@ class DINORun:
     student: nn.Module  # DINOModel, DDP-wrapped under torchrun
     teacher: DINOModel
     optimizer: torch.optim.Optimizer
-    center: torch.Tensor
+    loss: DINOLoss
     batches: CropBatches
     lr_at: np.ndarray
     momentum_at: np.ndarray
     steps: int
-    phase: Callable[[str], contextlib.AbstractContextManager] = no_phase
+    phase: Phase = no_phase
+    name: str = "DINO"
+
+    def step(self, crops: dict, epoch: int, step: int) -> float:
+        return dino_step(self, crops, epoch, step)
+
+    def end_of_epoch(self, epoch: int) -> dict:
+        return {}
+
+    def starting(self, tracker: Tracking) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"student": unwrap(self.student).state_dict(),
+                "teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "dino_loss": self.loss.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.student).load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        if "optimizer" in state:  # a finished checkpoint keeps none
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.loss.load_state_dict(state["dino_loss"])
 
 
 def build_dino_run(cfg: dict, store, augmenter, device: torch.device, d: Dist) -> DINORun:
@@ -133,8 +159,9 @@ def build_dino_run(cfg: dict, store, augmenter, device: torch.device, d: Dist) -
     views = [View("global", c["global_crops"], c["global_seconds"], augment=True),
              View("local", c["local_crops"], c["local_seconds"], augment=True)]
     frontend = Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
-    return DINORun(cfg, device, d, frontend, student, teacher, optimizer,
-                   torch.zeros(1, c["out_dim"], device=device),
+    loss = DINOLoss(c["out_dim"], c["student_temp"], c["teacher_temp"],
+                    c["center_momentum"]).to(device)
+    return DINORun(cfg, device, d, frontend, student, teacher, optimizer, loss,
                    CropBatches(store, views, c["batch_size"], steps, cfg["seed"], d, augmenter,
                                device, cfg["augment"]["on_gpu"], cfg["runtime"]["num_workers"]),
                    cosine_schedule(scaled_lr(c), c["min_lr"], total, c["warmup_epochs"] * steps),
@@ -158,8 +185,7 @@ def dino_step(run: DINORun, crops: dict, epoch: int, step: int) -> float:
             if crops["local"]:
                 feats_local = run.frontend(torch.cat(crops["local"]))
                 student_out += list(run.student(feats_local).chunk(len(crops["local"])))
-            loss = dino_loss(student_out, teacher_out, run.center, c["student_temp"],
-                             c["teacher_temp"])
+            loss = run.loss(student_out, teacher_out)
         finite_or_raise(loss, epoch, step)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,11 +198,12 @@ def dino_step(run: DINORun, crops: dict, epoch: int, step: int) -> float:
         run.optimizer.step()
     with run.phase("ema"):
         ema_update(run.teacher, unwrap(run.student), float(run.momentum_at[it]))
-        run.center = updated_center(run.center, teacher_out, c["center_momentum"], run.d)
+        run.loss.update_center(teacher_out, run.d)
     return all_reduce_mean(loss.detach(), run.d).item()  # the global batch's loss
 
 
-def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
+def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker: Tracking = NULL_TRACKER,
+               plot: PlotHistory | None = None) -> dict:
     """Train DINO and write `out_dir/model.pt` (the teacher encoder), history.json and
     compute.json; return the compute record. Resumes from its own checkpoints only."""
     c = cfg["dino"]
@@ -184,60 +211,14 @@ def train_dino(cfg: dict, inputs: Inputs, out_dir: Path, tracker=None) -> dict:
     store = WaveStore(inputs.train)
     augmenter = augmenter_from_config(cfg, inputs.noise, inputs.rir, c["p_reverb"], c["p_noise"])
     run = build_dino_run(cfg, store, augmenter, device, d)
-    if tracker is not None:
-        tracker.log_params(effective_params(cfg, device, "dino", run.momentum_at))
+    tracker.log_params(effective_params(cfg, device, "dino", run.momentum_at))
 
     ckpt = Checkpoints(out_dir / "checkpoint", inputs.fingerprint(cfg), d)
-    state = ckpt.load()
-    history: list[dict] = []
-    epoch0, step0 = 0, 0
-    resumed_losses: list[float] = []
-    if state is not None:
-        unwrap(run.student).load_state_dict(state["student"])
-        run.teacher.load_state_dict(state["teacher"])
-        if not state.get("finished"):
-            run.optimizer.load_state_dict(state["optimizer"])
-        run.center = state["center"].to(device)
-        epoch0, step0, history = state["epoch"], state["step"], state["history"]
-        resumed_losses = list(state.get("epoch_losses", []))  # this epoch's steps so far
-        if state.get("finished"):
-            log.info("DINO finished training in an earlier run (epoch %d, %s): writing its "
-                     "outputs again, no training", epoch0, ckpt.path)
-        else:
-            log.info("resuming DINO at epoch %d step %d", epoch0, step0)
-
-    def checkpoint(epoch: int, step: int, losses: list[float], finished: bool = False) -> None:
-        state = {"student": unwrap(run.student).state_dict(),
-                 "teacher": run.teacher.state_dict(), "optimizer": run.optimizer.state_dict(),
-                 "center": run.center.cpu(), "epoch": epoch, "step": step,
-                 "history": history, "epoch_losses": losses if step else []}
-        ckpt.finish(state) if finished else ckpt.save(state)
-
-    every = cfg["runtime"]["checkpoint_every_steps"]
-    progress = Progress(c["epochs"], history, tracker)
-    for epoch in range(epoch0, c["epochs"]):
-        losses, t_epoch = (resumed_losses if epoch == epoch0 else []), time.time()
-        for step, crops in run.batches.epoch(epoch, step0 if epoch == epoch0 else 0):
-            losses.append(dino_step(run, crops, epoch, step))
-            it = epoch * run.steps + step
-            if tracker is not None and it % 10 == 0:
-                tracker.log_metrics({"step/loss": losses[-1], "step/lr": float(run.lr_at[it]),
-                                     "step/teacher_momentum": float(run.momentum_at[it])},
-                                    step=it + 1)
-            if every and (it + 1) % every == 0 and step + 1 < run.steps:
-                checkpoint(epoch, step + 1, losses)
-        progress.epoch({"epoch": epoch + 1,
-                        "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "seconds": time.time() - t_epoch})
-        if epoch + 1 < c["epochs"]:
-            checkpoint(epoch + 1, 0, [])
-    # Kept (finished, no optimiser) until the job runs again: a job stopped after this point,
-    # before its outputs were accepted, writes them again from here without training.
-    checkpoint(c["epochs"], 0, [], finished=True)
+    history = train(run, ckpt, c["epochs"], tracker)
 
     compute = compute_record(history, run.steps, c["batch_size"], len(store))
     if d.main:
         save_model_file(out_dir / "model.pt", run.teacher.encoder, cfg["model"], run.frontend,
                         {"stage": "dino", "seed": cfg["seed"]})
-        write_records(out_dir, history, compute, tracker)
+        write_records(out_dir, history, compute, tracker, plot)
     return compute

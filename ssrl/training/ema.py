@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from ssrl.training.runtime import unwrap
+from ssrl.runtime import unwrap
 
 
 @torch.no_grad()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ssrl.files import write_json
+from ssrl.tracking.mlflow_run import NULL_TRACKER, Tracking
 from ssrl.training.checkpoints import fingerprint
 
 log = logging.getLogger("ssrl.train")
@@ -76,7 +78,7 @@ class Progress:
 
     SHOWN = ("loss", "n_clusters", "nmi", "changed", "p_clean_mean", "dev/eer")
 
-    def __init__(self, epochs: int, history: list[dict], tracker: Any = None,
+    def __init__(self, epochs: int, history: list[dict], tracker: Tracking = NULL_TRACKER,
                  step_offset: int = 0) -> None:
         self.epochs, self.history, self.tracker = epochs, history, tracker
         self.step_offset = step_offset
@@ -92,8 +94,7 @@ class Progress:
                           else f"dev EER {row[k]:.2f}%" for k in self.SHOWN if k in row)
         log.info("epoch %d/%d  %s  (%s, ETA %s)", row["epoch"], self.epochs, shown,
                  _fmt_seconds(row["seconds"]), _fmt_seconds(left))
-        if self.tracker is not None:
-            self.tracker.log_metrics(mlflow_metrics(row), step=self.step_offset + row["epoch"])
+        self.tracker.log_metrics(mlflow_metrics(row), step=self.step_offset + row["epoch"])
 
 
 def effective_params(cfg: dict, device: Any, section: str,
@@ -131,17 +132,20 @@ def compute_record(history: list[dict], steps_per_epoch: int, batch_size: int,
             "utterance_passes": epochs * steps_per_epoch * batch_size / n_utts}
 
 
-def write_records(out: Path, history: list[dict], compute: dict, tracker: Any = None) -> None:
+#: Draws a training history (`report.plots.plot_history`): `(history, png path, title)`. The
+#: caller (the CLI) passes it in, so training never imports the report package.
+PlotHistory = Callable[[list[dict], Path, str], None]
+
+
+def write_records(out: Path, history: list[dict], compute: dict,
+                  tracker: Tracking = NULL_TRACKER, plot: PlotHistory | None = None) -> None:
     """history.json and compute.json next to the model; both, and the model file, to the
-    MLflow run (with the per-epoch trajectory figure where there are labels to plot)."""
+    MLflow run; with `plot`, the per-epoch trajectory figure where there are labels to plot."""
     write_json(out / "history.json", history)
     write_json(out / "compute.json", compute)
-    if tracker is not None:
-        tracker.log_metrics({f"compute/{k}": v for k, v in compute.items()}, step=0)
-        tracker.log_artifact(out / "history.json")
-        tracker.log_artifact(out / "model.pt", "model")
-        if any("n_clusters" in row for row in history):
-            from ssrl.report.plots import plot_history
-
-            plot_history(history, out / "trajectory.png", title=out.name)
-            tracker.log_artifact(out / "trajectory.png")
+    tracker.log_metrics({f"compute/{k}": v for k, v in compute.items()}, step=0)
+    tracker.log_artifact(out / "history.json")
+    tracker.log_artifact(out / "model.pt", "model")
+    if plot is not None and any("n_clusters" in row for row in history):
+        plot(history, out / "trajectory.png", out.name)
+        tracker.log_artifact(out / "trajectory.png")
