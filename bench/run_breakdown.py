@@ -56,7 +56,8 @@ def summary(jobs: list[dict], cores: int) -> str:
     for j in jobs:
         j["seconds"] = (j["end"] - j["start"]).total_seconds()
         by_rule[j["rule"]].append(j)
-    lines = [f"{'rule':<18} {'jobs':>4} {'sum s':>8} {'longest s':>9} {'% of wall':>9}  longest job"]
+    header = f"{'rule':<18} {'jobs':>4} {'sum s':>8} {'longest s':>9} {'% of wall':>9}"
+    lines = [header + "  longest job"]
     for rule, group in sorted(by_rule.items(), key=lambda kv: -sum(j["seconds"] for j in kv[1])):
         total = sum(j["seconds"] for j in group)
         top = max(group, key=lambda j: j["seconds"])

@@ -437,7 +437,7 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
             (tmp / "trials").mkdir(exist_ok=True)
             shutil.copyfile(file, tmp / "trials" / name)
             meta["trials"][name] = str(out / "trials" / name)
-            meta["trials_sha256"][name] = _sha256(tmp / "trials" / name)
+            meta["trials_sha256"][name] = sha256_file(tmp / "trials" / name)
         save_npz(tmp / "index.npz", utt_ids=np.array(store.utt_ids, dtype=str),
                  offset=np.array(offsets, dtype=np.int64),
                  n_frames=np.array(n_frames, dtype=np.int64))

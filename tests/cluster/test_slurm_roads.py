@@ -117,7 +117,7 @@ def test_scancel_then_retry_resumes_from_the_checkpoint(slurm_run, local_run):
 def test_requeue_resumes_from_the_checkpoint(slurm_run, local_run):
     cut = slurm_run["requeued"]
     r = slurm_run["run"].results
-    line = f"resuming at epoch {cut['epoch']} step {cut['step']}"
+    line = f"resuming ssrl at epoch {cut['epoch']} step {cut['step']}"
     log = next(iter((r / "logs/seed0").glob("ssrl_noisy_label_modeling~True*.log"))).read_text()
     assert line in log, log[-3000:]
     say(f"after scontrol requeue, SLURM job {cut['job']} logged: {line!r}")
