@@ -155,6 +155,8 @@ class ClassifierJob(NamedTuple):
 
 
 def open_job(cfg: dict, c: ClassifierConfig, inputs: Inputs, warm_start: bool) -> ClassifierJob:
+    """What every classifier training opens first (SSRL, a round, the topline): the device and
+    process group, the training store, the augmenter, the dev set and the front end."""
     device, d = init_runtime(cfg["runtime"])
     store = WaveStore(inputs.train)
     augmenter = augmenter_from_config(cfg, inputs.noise, inputs.rir, c.p_reverb, c.p_noise)
@@ -202,6 +204,7 @@ def crop_batches(cfg: dict, c: ClassifierConfig, store, augmenter: Augmenter,
 
 
 def frontend_of(cfg: dict, device: torch.device) -> Frontend:
+    """The job's feature front end (the one its model file will name), on `device`."""
     return Frontend(cfg["features"]["frontend"], n_mels=cfg["features"]["n_mels"]).to(device)
 
 
