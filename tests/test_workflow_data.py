@@ -43,7 +43,7 @@ ablation: {{variants: []}}
 TRAINED = ["seed0/dino", "seed0/iterative/e1/round1", "seed0/ssrl/full~True", "seed0/supervised"]
 #: What an edit of the test set reruns: its preparation, store and features, the floor, every
 #: system's test embeddings and scores, the tables and plots. No training, no other set.
-TEST_SET_JOBS = Counter({"prepare_data set=test": 1, "wave_store set=test": 1,
+TEST_SET_JOBS = Counter({"prepare_data set=test": 1, "test_wave_store": 1,
                          "feature_store set=test": 1, "baseline": 1, "embed_test": 4,
                          "score": 5, "tables": 1, "plots": 1, "all": 1})
 #: What an edit of the training set reruns: its preparation and store, every training job and
