@@ -219,15 +219,15 @@ def test_feature_store(data_dir: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, expected.astype(np.float16).astype(np.float32))
 
 
-def test_feature_store_keeps_the_lists_once_the_wave_store_is_gone(data_dir: Path,
-                                                                    tmp_path: Path) -> None:
+def test_feature_store_keeps_the_lists_once_the_wave_store_is_gone(data_dir: Path, tmp_path: Path,
+                                                                    capsys) -> None:
     """The workflow deletes the test set's wave store (temp()) once its features exist: the
     feature store alone must give scoring its trial lists and speakers, with the same
     metrics as the wave store gave."""
     import shutil
 
     from ssrl.cli import main
-    from ssrl.data.stores import open_store
+    from ssrl.data.stores import ids_digest, open_store
     from ssrl.evaluation.scoring import save_embeddings
 
     build_wave_store(read_kaldi_dir(data_dir), tmp_path / "store", progress=False)
@@ -248,6 +248,18 @@ def test_feature_store_keeps_the_lists_once_the_wave_store_is_gone(data_dir: Pat
     assert metrics["feats"]["n_trials"] == 3
     feats = open_store(tmp_path / "feats")
     assert isinstance(feats, FeatStore) and feats.spk == ["s0", "s1", "s0", "s1"]
+    assert feats.meta["utt_ids_sha256"] == ids_digest(list(LENGTHS))
+    # a feature store of an older ssrl (no lists): one line naming it, not "no trial lists"
+    meta = json.loads((tmp_path / "feats" / "meta.json").read_text())
+    for key in ("trials", "trials_sha256", "utt_ids_sha256", "spk"):
+        del meta[key]
+    (tmp_path / "feats" / "meta.json").write_text(json.dumps(meta))
+    assert main(["score", "--embeddings", str(tmp_path / "emb.npz"), "--store",
+                 str(tmp_path / "feats"), "--out", str(tmp_path / "old.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ssrl score: error: {tmp_path / 'feats'}: a feature store without the "
+                   "set's trial lists and speakers (made by an older ssrl): rebuild it, e.g. "
+                   "snakemake --forcerun feature_store"]
     assert feats.trials["O"].read_text().split() == ["u1", "u3", "target", "u1", "u2",
                                                     "nontarget", "u2", "u4", "nontarget"]
 

@@ -284,10 +284,15 @@ def build_wave_store(data: KaldiDir, out: str | os.PathLike, on_bad: str = "erro
                  length=np.array(lengths, dtype=np.int64))
         # meta.json identifies the store's whole content (a job's fingerprint digests it):
         # the shards above, the utterance ids and the trial lists
-        meta["utt_ids_sha256"] = hashlib.sha256("\n".join(utt_ids).encode()).hexdigest()
+        meta["utt_ids_sha256"] = ids_digest(utt_ids)
         meta["trials_sha256"] = {name: sha256_file(tmp / "trials" / name) for name in trials_meta}
         write_json(tmp / "meta.json", meta)
     return report
+
+
+def ids_digest(utt_ids: list[str]) -> str:
+    """The sha256 of a store's utterance ids in order (part of what identifies its content)."""
+    return hashlib.sha256("\n".join(utt_ids).encode()).hexdigest()
 
 
 class _LazyMaps:
@@ -429,7 +434,7 @@ def build_feat_store(store: WaveStore, frontend: Callable[[torch.Tensor], torch.
         meta = {"n_mels": n_mels, "n_utts": len(store), "total_frames": total,
                 "frontend": frontend_meta, "source": str(store.path),
                 "trials": {}, "trials_sha256": {},
-                "utt_ids_sha256": hashlib.sha256("\n".join(store.utt_ids).encode()).hexdigest()}
+                "utt_ids_sha256": ids_digest(store.utt_ids)}
         for key in ("spk", "sess", "category"):
             if key in store.meta:
                 meta[key] = store.meta[key]
@@ -499,9 +504,14 @@ def open_store(path: str | os.PathLike) -> WaveStore | FeatStore:
     path = Path(path)
     if not (path / "meta.json").is_file():
         raise InputError(f"{path}: not a wave or feature store (no meta.json)")
-    if "n_mels" in read_json(path / "meta.json"):
-        return FeatStore(path)
-    return WaveStore(path)
+    meta = read_json(path / "meta.json")
+    if "n_mels" not in meta:
+        return WaveStore(path)
+    if "utt_ids_sha256" not in meta:  # built before feature stores carried the set's lists
+        raise InputError(f"{path}: a feature store without the set's trial lists and speakers "
+                         "(made by an older ssrl): rebuild it, e.g. snakemake --forcerun "
+                         "feature_store")
+    return FeatStore(path)
 
 
 def open_waves(path: str | os.PathLike) -> WaveStore | MemoryWaves:
