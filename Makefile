@@ -13,11 +13,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 venv: $(STAMP)
 
+# uv (its version pinned in the lock) installs the lock faster than pip (bench/venv.py);
+# pip installs the same lock when uv cannot (no network to its index, say), or with
+# VENV_TOOL=pip.
+VENV_TOOL ?= uv
+UV_PIN := $(shell grep -m1 '^uv==' envs/requirements.lock)
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+
 $(STAMP): envs/requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r envs/requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@if [ "$(VENV_TOOL)" = uv ] && $(BIN)/python -m pip install --quiet $(UV_PIN) \
+	    && $(UV) -r envs/requirements.lock && $(UV) --no-deps -e .; then \
+	  echo "make: $(VENV) installed from the lock with uv"; \
+	else [ "$(VENV_TOOL)" = pip ] || echo "make: uv failed; installing the lock with pip" >&2; \
+	  $(BIN)/python -m pip install --quiet --upgrade pip \
+	  && $(BIN)/python -m pip install --quiet -r envs/requirements.lock \
+	  && $(BIN)/python -m pip install --quiet --no-deps -e .; fi
 	@touch $(STAMP)
 
 run: venv
@@ -28,7 +39,7 @@ report: venv
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: venv
-	@set +e; $(BIN)/python -m pytest --durations=25; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; exit 1; fi; \
 	exit $$rc
 

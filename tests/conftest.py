@@ -59,6 +59,16 @@ def make_m4a() -> Callable[..., Path]:
     return make
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the groups into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`); a group
+    runs on one worker. The smoke workflow's users form one group (the session's one smoke
+    run); every other test file is a group of its own, so its module fixtures are built once."""
+    for item in items:
+        group = "smoke_run" if "smoke_run" in getattr(item, "fixturenames", ()) else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _descendants(pid: int) -> list[int]:
     """Live descendant processes of `pid` (from /proc; zombies already exited and are left out)."""
     found = []
@@ -96,7 +106,7 @@ def no_process_outlives_the_suite():
     assert not commands, f"processes left running after the test suite: {commands}"
 
 
-# --- end-to-end fixtures (test_workflow.py, test_faults.py, test_ddp.py) ---------------------
+# --- end-to-end fixtures (test_workflow.py, test_faults.py, cluster/test_ddp.py) -----------
 # One smoke workflow run for the whole session, in a temporary copy of the workflow, with the
 # smoke preset shrunk further and one ablation variant that crashes (run with --keep-going):
 # an AAM scale of 1e39 overflows float32, so its first loss is NaN and the job fails there.

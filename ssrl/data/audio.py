@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from ssrl.files import InputError
 
@@ -132,6 +131,8 @@ def check_wave(path: Path, data: np.ndarray, rate: int, sample_rate: int) -> np.
     if rate != sample_rate:
         log.info("%s: resampled %d Hz -> %d Hz", path, rate, sample_rate)
         g = math.gcd(int(rate), int(sample_rate))
+        from scipy.signal import resample_poly  # 1-2 s to import: only jobs that resample
+
         wave = resample_poly(wave, sample_rate // g, int(rate) // g).astype(np.float32)
     return wave
 

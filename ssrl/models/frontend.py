@@ -21,7 +21,6 @@ the variance normalisation are not safe in bfloat16.
 from __future__ import annotations
 
 import torch
-import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
 KINDS = ("logmel", "fbank")
@@ -204,6 +203,8 @@ class Frontend(nn.Module):
 
     def _fbank_raw(self, row: Tensor) -> Tensor:
         """Kaldi fbank `[frames, n_mels]` of one peak-normalised wave `[samples]`."""
+        import torchaudio.compliance.kaldi as kaldi  # ~1 s to import: fbank jobs only
+
         return kaldi.fbank(
             row[None] * 32767.0,  # Kaldi works on int16-scaled samples (its energy floor)
             num_mel_bins=self.n_mels,

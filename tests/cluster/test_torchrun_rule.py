@@ -1,7 +1,7 @@
 """The training rules with `runtime.gpus_per_job: 2` on CPU: DINO, SSRL and an iterative round
 run through the rules' real shell commands (`torchrun --standalone --nproc_per_node=2 -m ssrl
 ...`, gloo), and their results match the same rules run as one process on the same global
-batches (the difference is floating-point summation order: see tests/test_ddp.py, which also
+batches (the difference is floating-point summation order: see tests/cluster/test_ddp.py, which also
 checks every process's state and a bit-exact resume under 2 processes).
 
 A few minutes on 2 cores (two partial smoke runs): run by `make test-cluster`."""
@@ -60,7 +60,7 @@ def test_two_processes_match_one(runs, system):
               for n in (2, 1))
     assert len(h2) == len(h1)
     # Summation order only (measured 2026-12-03: losses within 3e-4, weights within 2.5e-4
-    # relative; 1 process with 2 BLAS threads is as far from 1 thread: tests/test_ddp.py).
+    # relative; 1 process with 2 BLAS threads is as far from 1 thread: tests/cluster/test_ddp.py).
     assert [r["loss"] for r in h2] == pytest.approx([r["loss"] for r in h1], rel=1e-3)
     for key in ("n_clusters", "changed"):
         assert [r.get(key) for r in h2] == [r.get(key) for r in h1]

@@ -5,6 +5,9 @@ teacher, per-utterance labels, queue, p_clean), the result matches one process o
 global batches, and a run killed mid-epoch resumes to the uninterrupted run's result, bit for
 bit.
 
+Part of `make test-cluster` (the torchrun road; about 8 minutes on 2 cores, with its smoke
+workflow run), not of `make test`.
+
 BatchNorm normalises over the global batch (`GlobalBatchNorm`: gloo on CPU has no
 `nn.SyncBatchNorm`), and DDP does not broadcast buffers (which broke DINO's several student
 forwards per step). So 1 and 2 processes differ only in the order of floating-point sums
@@ -14,6 +17,7 @@ leaves after a few optimiser steps."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -25,7 +29,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, _descendants, smoke_job, ssrl_env, write_job
+
+# tests/conftest.py (its `smoke_run` fixture reaches this folder; its helpers are imported by
+# path, as `conftest` here names tests/cluster/conftest.py)
+_spec = importlib.util.spec_from_file_location("ssrl_test_support",
+                                               Path(__file__).parents[1] / "conftest.py")
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+REPO, _descendants, smoke_job, ssrl_env, write_job = (
+    support.REPO, support._descendants, support.smoke_job, support.ssrl_env, support.write_job)
 
 pytestmark = pytest.mark.slow
 
