@@ -35,6 +35,7 @@ rule all:
         f"{R}/plots/trajectories.png",
         f"{R}/plots/det.png",
         f"{R}/export/encoder.onnx",
+        [f"{R}/scaling/scaling.md", f"{R}/scaling/scaling.png"] if SCALING else [],
     default_target: True
 
 
