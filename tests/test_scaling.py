@@ -284,3 +284,20 @@ def test_the_markdown_marks_significance_and_the_figure_is_drawn(tree, tmp_path)
     assert (tmp_path / "both" / "scaling.png").is_file()
     with open(tmp_path / "both" / "scaling.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_a_run_that_failed_leaves_its_cells_empty_and_the_row_missing(tree, tmp_path):
+    """What `--keep-going` writes to scaling/partial/ after a crashed variant: its cells empty,
+    its row `missing`, the other rows and the figure as usual."""
+    root, cfg = tree
+    cfg = copy.deepcopy(cfg)
+    cfg["systems"].append(_row("ssrl-gone-seed0", "ssrl", 0, "seed0/ssrl/gone", variant="gone"))
+    cfg["scaling"]["points"][0]["runs"]["margin"]["no_nlm"] = "gone"
+    rows = {r["rule"]: r for r in write_scaling(cfg, root, tmp_path / "partial")}
+    assert rows["margin"]["status"] == "missing" and rows["cosine"]["status"] == "ok"
+    assert rows["margin"].get("no_nlm_minus_full") is None
+    assert rows["margin"]["ssrl_minus_round"] is not None
+    line = next(x for x in (tmp_path / "partial" / "scaling.md").read_text().splitlines()
+                if "| margin |" in x)
+    assert [c.strip() for c in line.strip("|").split("|")][11] == "–"
+    assert (tmp_path / "partial" / "scaling.png").is_file()

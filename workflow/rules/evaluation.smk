@@ -155,6 +155,7 @@ rule scaling:
     log:
         f"{LOGS}/scaling.log",
     shell:
+        "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
         "python -m ssrl scaling --job {input.cfg:q} --root {params.root:q}"
         " --out-dir {params.out:q} --threads {threads:q} 2>&1 | tee {log:q}"
 
