@@ -9,7 +9,7 @@ CONFIG ?=
 CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-cluster venv lint lock report clean-results
+.PHONY: run scaling test test-cluster venv lint lock report clean-results
 
 venv: $(STAMP)
 
@@ -33,6 +33,14 @@ $(STAMP): envs/requirements.lock pyproject.toml
 
 run: venv
 	$(BIN)/snakemake --profile profiles/local $(CONFIGFILE)
+
+# The scaling grid (config/scaling.yaml, ~2.7 h on 2 cores): one experiment per corpus, then
+# their tables and figure merged into results/scaling-report/.
+scaling: venv
+	$(BIN)/snakemake --profile profiles/local --configfile config/scaling.yaml
+	$(BIN)/snakemake --profile profiles/local --configfile config/scaling.yaml config/scaling-large.yaml
+	$(BIN)/python -m ssrl scaling-report --inputs results/scaling/scaling \
+	  results/scaling-large/scaling --out-dir results/scaling-report
 
 report: venv
 	$(BIN)/snakemake --profile profiles/local $(CONFIGFILE) --report results/report.html

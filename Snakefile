@@ -35,6 +35,7 @@ rule all:
         f"{R}/plots/trajectories.png",
         f"{R}/plots/det.png",
         f"{R}/export/encoder.onnx",
+        [f"{R}/scaling/scaling.md", f"{R}/scaling/scaling.png"] if SCALING else [],
     default_target: True
 
 
@@ -52,9 +53,11 @@ onerror:
     # subfolders; every system whose files are missing becomes a `failed` row. (Not in the rules'
     # own output paths: Snakemake would then take them as complete and never redo them.)
     if getattr(workflow.execution_settings, "keep_going", False) and os.path.isdir(f"{R}/eval"):
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(JOBS["report"], f)
-        for step in ("tables", "plots"):
+        steps = [("tables", "report"), ("plots", "report")] + ([("scaling", "scaling")]
+                                                                if SCALING else [])
+        for step, job in steps:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(JOBS[job], f)
             subprocess.run(["python", "-m", "ssrl", step, "--job", f.name, "--root", R,
                             "--out-dir", f"{R}/{step}/partial"], check=False)
-        os.unlink(f.name)
+            os.unlink(f.name)

@@ -407,6 +407,20 @@ def cmd_plots(a: argparse.Namespace) -> None:
                         [out / f for f in files])
 
 
+def cmd_scaling(a: argparse.Namespace) -> None:
+    """The scaling grid's table and figure of one experiment (config/scaling.yaml)."""
+    from ssrl.report.scaling import write_scaling
+
+    write_scaling(_job(a.job), Path(a.root), Path(a.out_dir), a.threads)
+
+
+def cmd_scaling_report(a: argparse.Namespace) -> None:
+    """Several experiments' scaling tables as one table and figure (`make scaling`)."""
+    from ssrl.report.scaling import merge_scaling
+
+    merge_scaling([Path(d) for d in a.inputs], Path(a.out_dir))
+
+
 # --- the one rule for every step's outputs ---------------------------------------------------
 
 #: Options that name what a step writes (a file, or a folder it replaces or writes into).
@@ -414,7 +428,8 @@ def cmd_plots(a: argparse.Namespace) -> None:
 OUTPUT_OPTIONS = ("out", "out_dir")
 #: Options that name what a step reads: no output may be, lie inside or contain one of them.
 INPUT_OPTIONS = ("job", "data", "store", "feats", "model", "embeddings", "trials", "test_dir",
-                 "utt2spk", "train_embeddings", "labels", "train", "noise", "rir", "dev", "init")
+                 "utt2spk", "train_embeddings", "labels", "train", "noise", "rir", "dev", "init",
+                 "inputs")
 #: Options that may name a list file: a `wav.scp` stands for its Kaldi folder (the other lists
 #: and the audio beside it are read too); a list of another name stands for itself, so an
 #: output may sit beside it (a list in one's home folder must not forbid writing there).
@@ -589,6 +604,17 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--root", required=True, help="the experiment's results folder")
         s.add_argument("--out-dir", required=True, help=f"folder for the {name}")
         s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+
+    s = add("scaling", cmd_scaling, "the scaling grid's table and figure of one experiment "
+            "(scaling.md, scaling.csv, dynamics.csv, scaling.png)", "required")
+    s.add_argument("--root", required=True, help="the experiment's results folder")
+    s.add_argument("--out-dir", required=True, help="folder for the table and figure")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    s = add("scaling-report", cmd_scaling_report, "one table and figure from several "
+            "experiments' scaling folders (make scaling: both corpora)")
+    s.add_argument("--inputs", nargs="+", required=True,
+                   help="scaling folders written by the workflow (<results>/<experiment>/scaling)")
+    s.add_argument("--out-dir", required=True, help="folder for the merged table and figure")
     return p
 
 

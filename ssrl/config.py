@@ -131,6 +131,83 @@ def variant_config(ssrl: dict, variant: dict) -> dict:
     return {**ssrl, **{k: v for k, v in variant.items() if k != "name"}}
 
 
+#: The switches a point of the scaling grid sets on each of its SSRL runs.
+SCALING_KEYS = ("epochs", "steps_per_epoch", "relabel", "noisy_label_modeling")
+
+
+def scaling_grid(config: dict) -> list[dict]:
+    """The points of `scaling.points`, each as the runs it needs: for every relabelling rule
+    the SSRL variant with noisy-label modelling (`full` where it is the ssrl section itself)
+    and, with `scaling.no_nlm`, the one without; and the iterative chain (epochs per round,
+    in the ssrl section's epochs) whose rounds take as many optimiser steps in all as one SSRL
+    run of the point. InputError (naming the key) for a point whose chain would need a
+    fraction of an epoch per round, or whose steps the ssrl section leaves undefined.
+
+    Each point: {name, steps_per_epoch, epochs, steps, chain_epochs,
+    runs: {rule: {"full": variant name, "no_nlm": variant name or None}}, variants: [the
+    ablation variants it adds (not `full`)]}."""
+    grid = config.get("scaling") or {}
+    points = grid.get("points") or []
+    if not points:
+        return []
+    ssrl, rounds = config["ssrl"], config["iterative"]["rounds"]
+    base_steps = ssrl["steps_per_epoch"]
+    if base_steps is None:
+        raise InputError("config key ssrl.steps_per_epoch: a scaling grid needs it set (the "
+                         "iterative chains' rounds are counted in its epochs); use the steps "
+                         "of one pass, e.g. training utterances // ssrl.batch_size")
+    base = {k: ssrl[k] for k in SCALING_KEYS}
+    out, names = [], set()
+    for i, p in enumerate(points):
+        where = f"scaling.points.{i}"
+        if p["name"] in names:
+            raise InputError(f"config key {where}.name: {p['name']!r} is used by an earlier "
+                             "point")
+        names.add(p["name"])
+        steps = p["epochs"] * p["steps_per_epoch"]
+        per_round, rest = divmod(steps, rounds * base_steps)
+        if rest or not per_round:
+            raise InputError(
+                f"config key {where}: {p['epochs']} epochs x {p['steps_per_epoch']} steps = "
+                f"{steps} steps, which {rounds} iterative rounds (iterative.rounds) of "
+                f"ssrl.steps_per_epoch = {base_steps} steps per epoch cannot split into whole "
+                f"epochs; choose epochs x steps_per_epoch a multiple of {rounds * base_steps}")
+        runs, variants = {}, []
+        for rule in grid["relabel"]:
+            runs[rule] = {}
+            for kind, nlm in (("full", True), ("no_nlm", False)):
+                if kind == "no_nlm" and not grid["no_nlm"]:
+                    runs[rule][kind] = None
+                    continue
+                switches = {"epochs": p["epochs"], "steps_per_epoch": p["steps_per_epoch"],
+                            "relabel": rule, "noisy_label_modeling": nlm}
+                if switches == base:
+                    runs[rule][kind] = FULL
+                    continue
+                name = f"{p['name']}-{rule}" + ("-no_nlm" if not nlm else "")
+                runs[rule][kind] = name
+                variants.append({"name": name, **switches})
+        out.append({"name": p["name"], "steps_per_epoch": p["steps_per_epoch"],
+                    "epochs": p["epochs"], "steps": steps, "chain_epochs": per_round,
+                    "runs": runs, "variants": variants})
+    if not any(FULL in r.values() for point in out for r in point["runs"].values()):
+        raise InputError(
+            "config key ssrl: with a scaling grid the full method (the ssrl section) must be "
+            "one of its runs with noisy-label modelling, or it trains once more for nothing: "
+            f"set ssrl.epochs, ssrl.steps_per_epoch and ssrl.relabel to a point's (now "
+            f"{ssrl['epochs']}, {base_steps}, {ssrl['relabel']}; rules {grid['relabel']})")
+    return out
+
+
+def all_variants(config: dict) -> list[tuple[str, dict]]:
+    """Every ablation variant but `full`, with the config key it comes from: those of
+    `ablation.variants`, then those the scaling grid adds."""
+    out = [(f"ablation.variants.{i}", v) for i, v in enumerate(config["ablation"]["variants"])]
+    for i, point in enumerate(scaling_grid(config)):
+        out += [(f"scaling.points.{i} ({v['name']})", v) for v in point["variants"]]
+    return out
+
+
 def count_utterances(scp: str | Path) -> int | None:
     """Utterances listed in a wav.scp (None when the file is not there)."""
     path = Path(scp)
@@ -191,7 +268,8 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
     for section in ("dino", "ssrl"):
         _check_teacher_schedule(config[section], section)
     k = config["cluster"]["k"]
-    variants = config["ablation"]["variants"]
+    located = all_variants(config)
+    variants = [v for _, v in located]
     switches = sorted({key for v in variants for key in v if key != "name"})
 
     def grid_point(c: dict) -> tuple:
@@ -199,8 +277,7 @@ def check_config(config: dict, n_train_utts: int | None = None) -> None:
 
     seen: dict[tuple, str] = {grid_point(ssrl): FULL}
     names = {FULL}
-    for i, v in enumerate(variants):
-        where = f"ablation.variants.{i}"
+    for where, v in located:
         if v["name"] in names:
             raise InputError(f"config key {where}.name: {v['name']!r} "
                              + ("is reserved for the full method (the grid's first row)"

@@ -255,3 +255,40 @@ def tiny_corpus(root: Path, sets: tuple[str, ...] = ("train", "test", "noise", "
         build_wave_store(read_kaldi_dir(root / "data" / name), root / "store" / name,
                          min_seconds=0.0, progress=False)
     return root / "store"
+
+
+class FakeTestSet:
+    """A labelled test set for the report tests: utterances `s<speaker>u<n>` of 0.1 s noise,
+    every pair a trial, in a wave store at `store`; `score(root, row, embeddings)` scores a
+    system of a systems table on it as the score step does (`replicates` speaker resamples)."""
+
+    def __init__(self, data: Path, store: Path, n_spk: int, n_utt: int,
+                 replicates: int = 200) -> None:
+        from ssrl.data.kaldi import read_kaldi_dir
+        from ssrl.data.stores import build_wave_store
+
+        data.mkdir(parents=True, exist_ok=True)
+        self.data, self.replicates = data, replicates
+        self.utts = [f"s{s}u{u}" for s in range(n_spk) for u in range(n_utt)]
+        rng = np.random.default_rng(0)
+        for utt in self.utts:
+            sf.write(data / f"{utt}.wav", 0.1 * rng.standard_normal(1600), 16000)
+        (data / "wav.scp").write_text("".join(f"{u} {u}.wav\n" for u in self.utts))
+        (data / "utt2spk").write_text("".join(f"{u} {u[:2]}\n" for u in self.utts))
+        pairs = [(a, b) for i, a in enumerate(self.utts) for b in self.utts[i + 1:]]
+        (data / "trials").write_text("".join(
+            f"{a} {b} {'target' if a[:2] == b[:2] else 'nontarget'}\n" for a, b in pairs))
+        build_wave_store(read_kaldi_dir(data), store, min_seconds=0.0, progress=False)
+
+    @property
+    def speakers(self) -> list[int]:
+        """Each utterance's speaker index (rows of `centres[...]`)."""
+        return [int(u[1:].split("u")[0]) for u in self.utts]
+
+    def score(self, root: Path, row: dict, embeddings: np.ndarray) -> None:
+        from ssrl.evaluation.scoring import save_embeddings, score_lists
+
+        save_embeddings(root / row["eval"] / "emb.npz", self.utts, embeddings)
+        score_lists(root / row["eval"] / "emb.npz", {"trials": self.data / "trials"},
+                    root / row["metrics"], utt2spk={u: u[:2] for u in self.utts},
+                    scores_dir=root / row["eval"], replicates=self.replicates, seed=0)

@@ -40,7 +40,8 @@ def errors(cfg: dict) -> list[str]:
 
 @pytest.mark.parametrize("files", [(), ("config/smoke.yaml",), ("config/voxceleb.yaml",),
                                    ("config/claims.yaml",), ("config/slurm-example.yaml",),
-                                   ("config/slurm-cpu.yaml",)])
+                                   ("config/slurm-cpu.yaml",), ("config/scaling.yaml",),
+                                   ("config/scaling.yaml", "config/scaling-large.yaml")])
 def test_presets_validate(files):
     assert errors(merged(*files)) == []
 
@@ -63,7 +64,8 @@ def test_every_preset_key_is_in_the_schema():
 
     known = schema_keys(SCHEMA)
     for name in ("config.yaml", "config/smoke.yaml", "config/voxceleb.yaml",
-                 "config/claims.yaml", "config/slurm-example.yaml", "config/slurm-cpu.yaml"):
+                 "config/claims.yaml", "config/slurm-example.yaml", "config/slurm-cpu.yaml",
+                 "config/scaling.yaml", "config/scaling-large.yaml"):
         assert keys(yaml.safe_load((REPO / name).read_text())) - known == set(), name
 
 

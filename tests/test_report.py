@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FakeTestSet
 
-from ssrl.data.kaldi import read_kaldi_dir
-from ssrl.data.stores import build_wave_store
-from ssrl.evaluation.scoring import save_embeddings, score_lists
 from ssrl.report.plots import plot_history, write_plots
 from ssrl.report.tables import write_tables
 
@@ -67,22 +65,7 @@ def _key(row: dict) -> str:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, ) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("results") / "fake"
-    data = root.parent / "data"
-    data.mkdir()
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    utts = [f"s{s}u{u}" for s in range(N_SPK) for u in range(N_UTT)]
-    for utt in utts:
-        sf.write(data / f"{utt}.wav", 0.1 * rng.standard_normal(1600), 16000)
-    (data / "wav.scp").write_text("".join(f"{u} {u}.wav\n" for u in utts))
-    (data / "utt2spk").write_text("".join(f"{u} {u[:2]}\n" for u in utts))
-    pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
-    (data / "trials").write_text("".join(
-        f"{a} {b} {'target' if a[:2] == b[:2] else 'nontarget'}\n" for a, b in pairs))
-    build_wave_store(read_kaldi_dir(data), root / "store" / "test", min_seconds=0.0,
-                     progress=False)
-    spk_of = {u: int(u[1]) for u in utts}
+    test = FakeTestSet(root.parent / "data", root / "store" / "test", N_SPK, N_UTT)
     centres = np.random.default_rng(1).standard_normal((N_SPK, DIM))
     cfg = {"experiment": "fake", "data": {"source": "builtin"}, "systems": systems(),
            "test_store": "store/test", "trial_order": ["trials"],
@@ -91,12 +74,8 @@ def tree(tmp_path_factory, ) -> tuple[Path, dict]:
         quality = QUALITY[_key(row)][row["seed"]]
         if quality is None:
             continue  # crashed: no files at all
-        noise = np.random.default_rng(100 + i).standard_normal((len(utts), DIM))
-        emb = quality * centres[[spk_of[u] for u in utts]] + noise
-        save_embeddings(root / row["eval"] / "emb.npz", utts, emb)
-        score_lists(root / row["eval"] / "emb.npz", {"trials": data / "trials"},
-                    root / row["metrics"], utt2spk={u: u[:2] for u in utts},
-                    scores_dir=root / row["eval"], replicates=200, seed=0)
+        noise = np.random.default_rng(100 + i).standard_normal((len(test.utts), DIM))
+        test.score(root, row, quality * centres[test.speakers] + noise)
         if row["kind"] == "baseline":
             continue
         seed = row["seed"]  # the seeds end in different places, so per-seed rows can differ

@@ -236,3 +236,72 @@ def write_plots(cfg: dict, root: Path, out_dir: Path) -> None:
     plot_det(curves, out_dir / "det.png", "DET curves on the test trials"
              + (f" ({first})" if first and first != "trials" else "")
              + (f", seed {seed}" if seed is not None else ""))
+
+
+#: The scaling figure's panels: (column of scaling.csv, y label, factor, kind of bar).
+SCALING_PANELS = (
+    ("eer", "SSRL test EER %", 1.0, "ci"),
+    ("ssrl_minus_round", "claim 1: SSRL − iterative {last}\n(ΔEER points)", 1.0, "ci"),
+    ("no_nlm_minus_full", "claim 2: no noisy-label modelling − SSRL\n(ΔEER points)", 1.0, "ci"),
+    ("nmi_gain", "claim 3: pseudo-label NMI gain\nover the k-means start", 1.0, "range"),
+    ("clusters_removed", "claim 3: clusters removed\n(k-means K − last epoch)", 1.0, "range"),
+    ("changed", "labels changed per relabelling %", 100.0, "range"),
+)
+RULE_COLOURS = {"cosine": "tab:blue", "margin": "tab:red", "sticky": "tab:green"}
+CORPUS_MARKERS = "os^Dv"
+
+
+def _bar(row: dict, y: float, lo_key: str, hi_key: str, factor: float) -> tuple[float, float]:
+    """(down, up) lengths of an error bar; none where the row has no interval."""
+    lo, hi = row.get(lo_key), row.get(hi_key)
+    if lo is None or hi is None:
+        return 0.0, 0.0
+    return max(y - lo * factor, 0.0), max(hi * factor - y, 0.0)
+
+
+def plot_scaling(rows: list[dict], path: Path, reference_steps: float | None = None,
+                 last: str = "round 5"):
+    """Each claim's effect size against the steps between two relabellings (log axis): one
+    line per relabelling rule and corpus (utterances per cluster: marker), bars the 95 %
+    bootstrap interval (EER and paired differences) or the range over seeds (label numbers;
+    none with one seed). A dotted line marks VoxCeleb2's steps between relabellings."""
+    fig, axes = _figure(2, 3, (14, 8))
+    corpora = sorted({round(r["utterances_per_cluster"]) for r in rows
+                      if r.get("utterances_per_cluster")})
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    shift = {rule: 1.0 + 0.06 * (i - (len(rules) - 1) / 2) for i, rule in enumerate(rules)}
+    ticks = sorted({float(r["steps_between_relabellings"]) for r in rows}
+                   | ({float(reference_steps)} if reference_steps else set()))
+    for ax, (key, label, factor, bar) in zip(axes, SCALING_PANELS):
+        for rule in rules:
+            for j, upc in enumerate(corpora):
+                pts = sorted((r for r in rows if r["rule"] == rule and r.get(key) is not None
+                              and r.get("utterances_per_cluster")
+                              and round(r["utterances_per_cluster"]) == upc),
+                             key=lambda r: r["steps_between_relabellings"])
+                if not pts:
+                    continue
+                xs = [r["steps_between_relabellings"] * shift[rule] for r in pts]
+                ys = [r[key] * factor for r in pts]
+                lo_key, hi_key = ((f"{key}_ci_low", f"{key}_ci_high") if bar == "ci"
+                                  else (f"{key}_min", f"{key}_max"))
+                bars = [_bar(r, y, lo_key, hi_key, factor) for r, y in zip(pts, ys)]
+                ax.errorbar(xs, ys, yerr=list(zip(*bars)), color=RULE_COLOURS.get(rule, "0.3"),
+                            marker=CORPUS_MARKERS[j % len(CORPUS_MARKERS)], ms=6, capsize=3,
+                            lw=1.2, label=f"{rule} relabelling, {upc} utterances per cluster")
+        if key != "eer":
+            ax.axhline(0.0, color="0.5", lw=0.8)
+        if reference_steps:
+            ax.axvline(reference_steps, color="0.5", ls=":", lw=1.0)
+            ax.text(reference_steps, 1.0, " VoxCeleb2", transform=ax.get_xaxis_transform(),
+                    ha="right", va="top", rotation=90, fontsize="small", color="0.4")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("optimiser steps between two relabellings")
+        ax.set_ylabel(label.format(last=last))
+        ax.grid(True, lw=0.3)
+    fig.suptitle("SSRL's claims against scale (bars: 95 % bootstrap interval for EER and ΔEER; "
+                 "range over seeds for the label numbers)", fontsize="medium")
+    _save(fig, Path(path), ncol=2)
+    return fig

@@ -22,11 +22,13 @@ sys.path.insert(0, workflow.basedir)  # this checkout's ssrl package (also under
 from ssrl.config import (  # noqa: E402
     CLASSIFIER_KEYS,
     FULL,
+    all_variants,
     check_config,
     check_size,
     check_data_paths,
     count_utterances,
     effective_init_k,
+    scaling_grid,
     variant_config,
 )
 from ssrl.data.prepare import SETS  # noqa: E402
@@ -67,6 +69,9 @@ def n_train_utterances():
 
 try:
     check_config(config, n_train_utterances())
+    # The scaling grid (config/scaling.yaml): its points' SSRL runs join the ablation grid and
+    # their matched iterative chains join CHAINS.
+    SCALING = scaling_grid(config)
     # every data path a preparation still has to read exists (a missing /data/... is found now)
     check_data_paths(config, lambda name: os.path.exists(f"{R}/data/{name}/wav.scp"))
 except InputError as err:
@@ -107,8 +112,11 @@ else:
 TOPLINE = config["topline"] and TRAIN_LABELS
 
 
+CHAINS += [p["chain_epochs"] for p in SCALING if p["chain_epochs"] not in CHAINS]
+
+
 # --- the ablation grid: the full method plus each declared variant ----------------------------
-VARIANTS = [{"name": FULL}] + list(config["ablation"]["variants"])
+VARIANTS = [{"name": FULL}] + [v for _, v in all_variants(config)]
 SWITCHES = sorted({key for v in VARIANTS for key in v if key != "name"})
 
 
@@ -219,7 +227,7 @@ def seed_systems(s):
         name = f"ssrl-{v}-seed{s}"
         rows.append(system(name, "ssrl", "SSRL" if v == FULL else f"SSRL {v}", s,
                            f"seed{s}/ssrl/{pattern}", variant=v, k=variant_k(v),
-                           epochs=SSRL["epochs"],
+                           epochs=VARIANT_CONFIG[v]["epochs"],
                            switches={k: grid_value(VARIANT_CONFIG[v], k) for k in SWITCHES},
                            quality=f"seed{s}/cluster/dino_k{variant_k(v)}/quality.json",
                            chain=[dino, name]))
@@ -290,7 +298,7 @@ def training_jobs(s):
         jobs[f"seed{s}/ssrl/{pattern}"] = sections(
             seed=s, ssrl=VARIANT_CONFIG[v], job=identity(
                 f"ssrl-{v}-seed{s}", "ssrl", s, variant=v, k=variant_k(v),
-                epochs=SSRL["epochs"], parent=f"ablation-{EXP}"))
+                epochs=VARIANT_CONFIG[v]["epochs"], parent=f"ablation-{EXP}"))
     classifier = {k: v for k, v in SSRL.items() if k in CLASSIFIER_KEYS}
     for e in CHAINS:
         for r in ROUNDS:
@@ -335,6 +343,13 @@ JOBS = {
 }
 for _s in SEEDS:
     JOBS.update(training_jobs(_s))
+if SCALING:
+    # the scaling step: the systems table, and which of its systems make each point
+    JOBS["scaling"] = {**JOBS["report"], "job": identity("scaling", "report"), "scaling": {
+        "points": [{k: p[k] for k in ("name", "steps_per_epoch", "epochs", "steps",
+                                      "chain_epochs", "runs")} for p in SCALING],
+        "rounds": ROUNDS[-1], "hold_epochs": SSRL["hold_epochs"], "k": K,
+        "batch_size": SSRL["batch_size"], "train_utterances": n_train_utterances()}}
 
 
 def job_file(name):

@@ -1,5 +1,6 @@
 # Evaluation: test-set embeddings of every system (a trained model folder, or the classical
-# baseline), their scores with bootstrap intervals, the tables, plots and the exported model.
+# baseline), their scores with bootstrap intervals, the tables, plots and the exported model;
+# with a scaling grid (config/scaling.yaml) also its per-point table and figure.
 # The test set is read as its feature store, which also carries its trial lists and speakers
 # (its wave store is temp(): data.smk).
 
@@ -130,6 +131,33 @@ rule plots:
         "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
         "python -m ssrl plots --job {input.cfg:q} --root {params.root:q}"
         " --out-dir {params.out:q} 2>&1 | tee {log:q}"
+
+
+rule scaling:
+    conda:
+        "../../envs/conda.yaml"
+    input:
+        all_results(),
+        test=TEST_LISTS,
+        cfg=job_file("scaling"),
+    output:
+        md=f"{R}/scaling/scaling.md",
+        csv=f"{R}/scaling/scaling.csv",
+        dynamics=f"{R}/scaling/dynamics.csv",
+        png=report(f"{R}/scaling/scaling.png", caption="../report/scaling.rst",
+                   category="Figures", labels={"figure": "scaling"}),
+    params:
+        out=lambda w, output: os.path.dirname(output.md),
+        root=lambda w, output: results_root(output),
+    threads: config["runtime"]["threads"]
+    resources:
+        **resources(),
+    log:
+        f"{LOGS}/scaling.log",
+    shell:
+        "rm -rf {params.out:q}/partial && "  # what a failed --keep-going run left
+        "python -m ssrl scaling --job {input.cfg:q} --root {params.root:q}"
+        " --out-dir {params.out:q} --threads {threads:q} 2>&1 | tee {log:q}"
 
 
 rule export_ssrl:
