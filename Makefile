@@ -47,7 +47,7 @@ report: venv
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 test: venv
-	@set +e; $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -n 2 --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests - failing" >&2; exit 1; fi; \
 	exit $$rc
 
