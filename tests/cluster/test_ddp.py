@@ -5,7 +5,7 @@ teacher, per-utterance labels, queue, p_clean), the result matches one process o
 global batches, and a run killed mid-epoch resumes to the uninterrupted run's result, bit for
 bit.
 
-Part of `make test-cluster` (the torchrun road; about 8 minutes on 2 cores, with its smoke
+Part of `make test-cluster` (the torchrun road; 247 s alone on 2 idle cores, with its smoke
 workflow run), not of `make test`.
 
 BatchNorm normalises over the global batch (`GlobalBatchNorm`: gloo on CPU has no
